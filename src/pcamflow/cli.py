@@ -1,0 +1,141 @@
+"""The ``pcamflow`` command.
+
+Each sub-command is a small function taking the parsed arguments and returning an exit status;
+the work lives in the library. Errors print one line (``pcamflow: error: ...``) and exit 2 for
+usage and settings errors, 1 for failures while running; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pcamflow.errors import PcamflowError, exit_code
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace], int]
+log = logging.getLogger("pcamflow")
+
+
+def _settings(path: str):  # noqa: ANN202 - Settings, imported lazily
+    from pcamflow.config import Settings
+
+    return Settings.from_toml(path)
+
+
+# --- pipeline commands ---------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pcamflow.pipeline import Pipeline
+    from pcamflow.registry import Registry
+
+    settings = _settings(args.config)
+    pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
+    result = pipeline.run(
+        settings, force=args.force, from_stage=getattr(args, "from"), only=args.only
+    )
+    print(f"run folder: {result.run_dir}")
+    for name, record in result.records.items():
+        mark = "ran" if name in result.ran else "complete"
+        print(f"  {name:<10} {record.status:<10} {mark:<9} {record.duration_s or 0:8.1f} s")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pcamflow.pipeline import Pipeline
+    from pcamflow.registry import Registry
+
+    settings = _settings(args.config)
+    pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
+    print(f"{args.config}: valid; stages: {', '.join(pipeline.names)}")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from pcamflow.registry import Registry
+
+    registry = Registry.from_entry_points()
+    rows = [("NAME", "KIND", "CLASS", "DISTRIBUTION")]
+    for reg in registry:
+        cls = f"{reg.cls.__module__}:{reg.cls.__qualname__}"
+        rows.append((reg.name, reg.kind, cls, reg.distribution or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for name, why in sorted(registry.failures.items()):
+        print(f"pcamflow: warning: plugin {name} not loaded: {why}", file=sys.stderr)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pcamflow`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pcamflow",
+        description="PatchCamelyon from raw HDF5 to a deployed metastasis detector.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline a settings file describes")
+    p.add_argument("config", help="settings file (TOML)")
+    p.add_argument("--force", action="store_true", help="run every stage, complete or not")
+    p.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
+    p.add_argument("--only", metavar="STAGE", help="run just this stage")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a settings file without running anything")
+    p.add_argument("config", help="settings file (TOML)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("stages", help="list the registered stages")
+    p.set_defaults(func=cmd_stages)
+
+    # Commands of the data, local and SageMaker parts register themselves here.
+    for register in _command_modules():
+        register(sub)
+    return parser
+
+
+def _command_modules() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+    from pcamflow.commands import data, local, sagemaker
+
+    return [data.register, local.register, sagemaker.register]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("pcamflow: interrupted; a re-run resumes where this one stopped", file=sys.stderr)
+        return 130
+    except PcamflowError as error:
+        if args.debug:
+            raise
+        print(f"pcamflow: error: {error}", file=sys.stderr)
+        return exit_code(error)
+    except OSError as error:
+        if args.debug:
+            raise
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"pcamflow: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

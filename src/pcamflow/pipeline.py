@@ -1,0 +1,357 @@
+"""The pipeline: an ordered list of named stages, checked when built, run with resume.
+
+>>> from pcamflow.stages import Trainer
+>>> Pipeline([("train", object())])
+Traceback (most recent call last):
+...
+pcamflow.errors.PipelineDefinitionError: stage 'train': object is not a pcamflow Stage
+
+A run happens in the run folder, where ``run.json`` records every stage's status
+(``completed``, ``failed``, ``interrupted``, ``running``), start, end, duration, artifact, the
+fingerprint of the settings and inputs that made it, and the error text. A stage is complete
+when its record says ``completed`` with the same fingerprint and its artifact still exists;
+a re-run skips complete stages, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pcamflow.artifacts import Artifact
+from pcamflow.errors import (
+    MissingInputError,
+    PcamflowError,
+    PipelineDefinitionError,
+    StageNameNotUniqueError,
+)
+from pcamflow.stages import Context, Stage, stage_output_dir
+
+__all__ = ["Pipeline", "RunResult", "StageRecord", "atomic_write", "read_run_record"]
+
+log = logging.getLogger("pcamflow")
+RUN_FILE = "run.json"
+
+
+@attrs.frozen
+class StageRecord:
+    """What ``run.json`` says of one stage."""
+
+    name: str
+    stage: str
+    status: str
+    fingerprint: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    duration_s: float | None = None
+    artifact: dict[str, Any] | None = None
+    error: str | None = None
+
+    def load_artifact(self) -> Artifact | None:
+        """The recorded artifact, rebuilt."""
+        return Artifact.from_dict(self.artifact) if self.artifact else None
+
+
+@attrs.frozen
+class RunResult:
+    """The outcome of :meth:`Pipeline.run`.
+
+    Attributes:
+        run_dir: the run folder.
+        records: stage name -> record, as written to ``run.json``.
+        ran: names of the stages that ran this time (the others were complete already).
+    """
+
+    run_dir: Path
+    records: dict[str, StageRecord]
+    ran: tuple[str, ...]
+
+    @property
+    def artifacts(self) -> dict[str, Artifact]:
+        """Stage name -> artifact, for the completed stages."""
+        out = {}
+        for name, record in self.records.items():
+            artifact = record.load_artifact() if record.status == "completed" else None
+            if artifact is not None:
+                out[name] = artifact
+        return out
+
+    def __getitem__(self, name: str) -> Artifact:
+        return self.artifacts[name]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """Open a temporary file beside ``path`` and rename it onto ``path`` once written.
+
+    A crash or an error inside the block leaves ``path`` as it was and no temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_run_record(run_dir: str | Path) -> dict[str, StageRecord]:
+    """The stage records of ``run_dir/run.json`` (empty if there is none yet)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {name: StageRecord(**rec) for name, rec in data.get("stages", {}).items()}
+    except (ValueError, TypeError) as error:
+        raise PcamflowError(f"{path}: not a pcamflow run record ({error})") from None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Pipeline:
+    """An ordered list of ``(name, stage)`` pairs.
+
+    The list is checked when built: names are unique, each item is a :class:`Stage`, and each
+    stage's ``requires`` are produced by an earlier stage.
+
+    Args:
+        steps: ``(name, stage)`` pairs in order.
+
+    Raises:
+        StageNameNotUniqueError: two stages share a name.
+        MissingInputError: a stage needs an artifact type that no earlier stage produces.
+        PipelineDefinitionError: an item is not a stage.
+    """
+
+    def __init__(self, steps: Sequence[tuple[str, Stage]]) -> None:
+        seen: set[str] = set()
+        produced: list[type[Artifact]] = []
+        for item in steps:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise PipelineDefinitionError(f"{item!r}: expected a (name, stage) pair")
+            name, stage = item
+            if not isinstance(stage, Stage):
+                raise PipelineDefinitionError(
+                    f"stage {name!r}: {type(stage).__name__} is not a pcamflow Stage"
+                )
+            if not name or "/" in name or name.startswith("."):
+                raise PipelineDefinitionError(f"stage {name!r}: a name must be a plain folder name")
+            if name in seen:
+                raise StageNameNotUniqueError(f"stage name {name!r} is used twice")
+            seen.add(name)
+            for need in stage.requires:
+                if not any(issubclass(p, need) for p in produced):
+                    raise MissingInputError(
+                        f"stage {name!r} ({type(stage).__name__}) needs a {need.__name__}, "
+                        "which no earlier stage produces"
+                    )
+            produced.append(stage.produces)
+        self.steps: tuple[tuple[str, Stage], ...] = tuple(steps)
+
+    @classmethod
+    def from_settings(cls, settings: Any, registry: Any) -> Pipeline:
+        """The pipeline that ``settings.pipeline`` names, with stages from ``registry``."""
+        steps = []
+        for kind, name in settings.pipeline.stage_names().items():
+            stage_cls = registry.get(kind, name)
+            steps.append((stage_cls.default_name, stage_cls()))
+        return cls(steps)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The stage names, in order."""
+        return tuple(name for name, _ in self.steps)
+
+    def __getitem__(self, name: str) -> Stage:
+        for step_name, stage in self.steps:
+            if step_name == name:
+                return stage
+        raise KeyError(name)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"({n!r}, {s!r})" for n, s in self.steps)
+        return f"Pipeline([{inner}])"
+
+    def _check_name(self, name: str | None, option: str) -> None:
+        if name is not None and name not in self.names:
+            raise PipelineDefinitionError(
+                f"{option} {name!r}: no such stage; stages: {', '.join(self.names)}"
+            )
+
+    def run(
+        self,
+        settings: Any,
+        *,
+        force: bool = False,
+        from_stage: str | None = None,
+        only: str | None = None,
+        services: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Run the stages that are not complete, in order, in ``settings.run_dir``.
+
+        Every stage that will run is validated before the first one runs.
+
+        Args:
+            settings: the run's settings.
+            force: run every stage, complete or not.
+            from_stage: run this stage and all after it, complete or not.
+            only: run just this stage (its inputs must be complete from an earlier run).
+            services: clients and other objects handed to stages through the context.
+
+        Raises:
+            Whatever a stage raises; its record says ``failed`` (or ``interrupted`` on Ctrl-C).
+        """
+        self._check_name(from_stage, "--from")
+        self._check_name(only, "--only")
+        run_dir = Path(settings.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records = read_run_record(run_dir)
+        services = dict(services or {})
+        s3 = services.get("s3")
+        names = self.names
+        rerun_from = names.index(from_stage) if from_stage else len(names)
+
+        def context_for(name: str, artifacts: Mapping[str, Artifact]) -> Context:
+            return Context(
+                settings=settings,
+                run_dir=run_dir,
+                stage_dir=stage_output_dir(run_dir, name),
+                artifacts=dict(artifacts),
+                services=services,
+                stage_name=name,
+            )
+
+        def recorded(name: str, fingerprint: str | None) -> Artifact | None:
+            """The recorded artifact if the stage is complete (same fingerprint, still there)."""
+            record = records.get(name)
+            if record is None or record.status != "completed" or not record.artifact:
+                return None
+            if fingerprint is not None and record.fingerprint != fingerprint:
+                return None
+            artifact = record.load_artifact()
+            return artifact if artifact is not None and artifact.exists(s3) else None
+
+        if only is not None:
+            artifacts = {
+                n: a for n in names[: names.index(only)] if (a := recorded(n, None)) is not None
+            }
+            for need in self[only].requires:
+                if not any(isinstance(a, need) for a in artifacts.values()):
+                    raise MissingInputError(
+                        f"--only {only}: needs a complete {need.__name__} from an earlier run "
+                        f"in {run_dir}; run the stages before it first"
+                    )
+            todo = [only]
+        else:
+            # the first stage that is not complete; it and everything after it are validated
+            artifacts = {}
+            first = len(names)
+            for index, (name, stage) in enumerate(self.steps):
+                fingerprint = stage.fingerprint(context_for(name, artifacts))
+                previous = recorded(name, fingerprint)
+                if force or index >= rerun_from or previous is None:
+                    first = index
+                    break
+                log.info("[%s] complete, skipped", name)
+                artifacts[name] = previous
+            todo = list(names[first:])
+        for name in todo:
+            log.debug("validating %s", name)
+            self[name].validate(context_for(name, artifacts))
+
+        ran: list[str] = []
+        for index, (name, stage) in enumerate(self.steps):
+            if name not in todo:
+                continue
+            context = context_for(name, artifacts)
+            fingerprint = stage.fingerprint(context)
+            forced = force or only is not None or index >= rerun_from
+            previous = None if forced else recorded(name, fingerprint)
+            if previous is not None:  # an upstream re-run made the same output again
+                log.info("[%s] complete, skipped", name)
+                artifacts[name] = previous
+                continue
+            artifacts[name] = self._run_stage(name, stage, context, fingerprint, records, run_dir)
+            ran.append(name)
+        return RunResult(run_dir=run_dir, records=dict(records), ran=tuple(ran))
+
+    def _run_stage(
+        self,
+        name: str,
+        stage: Stage,
+        context: Context,
+        fingerprint: str,
+        records: dict[str, StageRecord],
+        run_dir: Path,
+    ) -> Artifact:
+        context.stage_dir.mkdir(parents=True, exist_ok=True)
+        started, clock = _now(), time.monotonic()
+        stage_label = f"{type(stage).__module__}.{type(stage).__qualname__}"
+        records[name] = StageRecord(name=name, stage=stage_label, status="running",
+                                    fingerprint=fingerprint, started=started)
+        _write_records(run_dir, records, self.names)
+        log.info("[%s] running %s", name, type(stage).__name__)
+
+        def finish(status: str, artifact: Artifact | None = None, error: str | None = None) -> None:
+            records[name] = StageRecord(
+                name=name,
+                stage=stage_label,
+                status=status,
+                fingerprint=fingerprint,
+                started=started,
+                ended=_now(),
+                duration_s=round(time.monotonic() - clock, 3),
+                artifact=artifact.to_dict() if artifact is not None else None,
+                error=error,
+            )
+            _write_records(run_dir, records, self.names)
+
+        try:
+            artifact = stage.run(context)
+        except KeyboardInterrupt:
+            finish("interrupted", error="interrupted (KeyboardInterrupt)")
+            log.warning("[%s] interrupted; a re-run resumes here", name)
+            raise
+        except BaseException as error:
+            finish("failed", error=f"{type(error).__name__}: {error}")
+            raise
+        if not isinstance(artifact, stage.produces):
+            message = (
+                f"{type(stage).__name__}.run returned {type(artifact).__name__}, "
+                f"expected {stage.produces.__name__}"
+            )
+            finish("failed", error=message)
+            raise PipelineDefinitionError(f"stage {name!r}: {message}")
+        finish("completed", artifact=artifact)
+        log.info("[%s] completed in %.1f s", name, records[name].duration_s or 0.0)
+        return artifact
+
+
+def _write_records(run_dir: Path, records: Mapping[str, StageRecord], order: Sequence[str]) -> None:
+    names = [n for n in order if n in records] + [n for n in records if n not in order]
+    payload = {
+        "format": 1,
+        "updated": _now(),
+        "stages": {n: attrs.asdict(records[n]) for n in names},
+    }
+    with atomic_write(run_dir / RUN_FILE, encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)

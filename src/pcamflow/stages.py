@@ -1,0 +1,248 @@
+"""The stage contract: ``validate(context)`` then ``run(context) -> Artifact``.
+
+A stage is a small object with two methods. ``validate`` makes the cheap checks (settings,
+inputs, credentials) before any work or spend, raising an error that names the setting;
+``run`` does the work and returns the artifact it made. The :class:`~pcamflow.pipeline.Pipeline`
+hands each stage a :class:`Context` with the settings, the run folder, the stage's own output
+folder and the artifacts of earlier stages.
+
+The six abstract stages say what each step takes and makes; users subclass them::
+
+    class MyTrainer(Trainer):
+        def run(self, context: Context) -> ModelArtifact:
+            manifests = context.input(Manifests)
+            ...
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import cattrs
+
+from pcamflow.artifacts import (
+    Artifact,
+    Endpoint,
+    Evaluation,
+    ImageDataset,
+    Manifests,
+    ModelArtifact,
+    TuningResult,
+)
+from pcamflow.errors import MissingInputError
+
+__all__ = [
+    "Context",
+    "DataConverter",
+    "Deployer",
+    "Evaluator",
+    "ManifestBuilder",
+    "STAGE_KINDS",
+    "Stage",
+    "Trainer",
+    "Tuner",
+]
+
+_A = TypeVar("_A", bound=Artifact)
+_unstructure = cattrs.Converter().unstructure
+
+
+@attrs.frozen
+class Context:
+    """What a stage sees while it validates and runs.
+
+    Attributes:
+        settings: the run's :class:`~pcamflow.config.Settings`.
+        run_dir: the run folder (``run.json`` lies there).
+        stage_dir: this stage's own output folder, ``run_dir/<stage name>``.
+        artifacts: stage name -> artifact, for the stages before this one that have one.
+        services: clients and other shared objects passed in by the caller (for example
+            ``{"aws": AwsClients(...)}``), so stages need no global state.
+        stage_name: the name this stage has in the pipeline.
+    """
+
+    settings: Any
+    run_dir: Path
+    stage_dir: Path
+    artifacts: Mapping[str, Artifact] = attrs.field(factory=dict)
+    services: Mapping[str, Any] = attrs.field(factory=dict)
+    stage_name: str = ""
+
+    def input(self, kind: type[_A]) -> _A:
+        """The latest earlier artifact of type ``kind``.
+
+        Raises:
+            MissingInputError: no earlier stage made one.
+        """
+        found = self.optional_input(kind)
+        if found is None:
+            raise MissingInputError(
+                f"stage {self.stage_name!r} needs a {kind.__name__}, which no earlier stage made"
+            )
+        return found
+
+    def optional_input(self, kind: type[_A]) -> _A | None:
+        """The latest earlier artifact of type ``kind``, or None."""
+        for artifact in reversed(list(self.artifacts.values())):
+            if isinstance(artifact, kind):
+                return artifact
+        return None
+
+    def service(self, name: str, default: Any = None) -> Any:
+        """A service passed in by the caller, or ``default``."""
+        return self.services.get(name, default)
+
+
+class Stage(abc.ABC):
+    """One step of a pipeline.
+
+    Subclasses set the class attributes and implement :meth:`run` (and usually :meth:`validate`).
+
+    Attributes:
+        kind: the stage kind (``converter``, ``manifest_builder``, ...), set by the abstract stages.
+        default_name: the stage's name in a pipeline built from settings.
+        requires: artifact types this stage needs from earlier stages.
+        accepts: artifact types it uses when an earlier stage made one, and does without otherwise.
+        produces: the artifact type :meth:`run` returns.
+        settings_sections: the settings tables that change this stage's output; they make its
+            fingerprint, so that a change re-runs the stage and everything after it.
+    """
+
+    kind: ClassVar[str] = ""
+    default_name: ClassVar[str] = ""
+    requires: ClassVar[tuple[type[Artifact], ...]] = ()
+    accepts: ClassVar[tuple[type[Artifact], ...]] = ()
+    produces: ClassVar[type[Artifact]] = Artifact
+    settings_sections: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self, context: Context) -> None:  # noqa: B027 - optional hook
+        """Cheap checks before any work or spend; raise an error naming the setting."""
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> Artifact:
+        """Do the stage's work and return the artifact it made."""
+
+    def fingerprint(self, context: Context) -> str:
+        """A digest of what this stage's output depends on.
+
+        It covers the stage's class, its ``settings_sections``, :meth:`options` and the
+        fingerprints of its inputs, which the pipeline puts in ``context.artifacts``.
+        """
+        settings = context.settings
+        payload = {
+            "stage": f"{type(self).__module__}.{type(self).__qualname__}",
+            "settings": {
+                name: _unstructure(getattr(settings, name, None)) for name in self.settings_sections
+            },
+            "options": self.options(),
+            "inputs": {name: art.to_dict() for name, art in context.artifacts.items()},
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def options(self) -> dict[str, Any]:
+        """The stage object's own options that change its output (for the fingerprint)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class DataConverter(Stage):
+    """PCam HDF5 files -> a JPEG image tree (:class:`ImageDataset`)."""
+
+    kind = "converter"
+    default_name = "convert"
+    produces = ImageDataset
+    settings_sections = ("data", "convert")
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> ImageDataset: ...
+
+
+class ManifestBuilder(Stage):
+    """An image tree -> augmented manifests and ``.lst`` files (:class:`Manifests`)."""
+
+    kind = "manifest_builder"
+    default_name = "manifests"
+    requires = (ImageDataset,)
+    produces = Manifests
+    settings_sections = ("manifests",)
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> Manifests: ...
+
+
+class Tuner(Stage):
+    """Manifests -> the best hyperparameters found (:class:`TuningResult`)."""
+
+    kind = "tuner"
+    default_name = "tune"
+    requires = (Manifests,)
+    produces = TuningResult
+    settings_sections = ("train", "tune")
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> TuningResult: ...
+
+
+class Trainer(Stage):
+    """Manifests (and tuned hyperparameters, if any) -> a model (:class:`ModelArtifact`)."""
+
+    kind = "trainer"
+    default_name = "train"
+    requires = (Manifests,)
+    accepts = (TuningResult,)
+    produces = ModelArtifact
+    settings_sections = ("train",)
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> ModelArtifact: ...
+
+
+class Evaluator(Stage):
+    """A model and the test manifest -> metrics and a report (:class:`Evaluation`)."""
+
+    kind = "evaluator"
+    default_name = "evaluate"
+    requires = (Manifests, ModelArtifact)
+    produces = Evaluation
+    settings_sections = ("evaluate",)
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> Evaluation: ...
+
+
+class Deployer(Stage):
+    """A model -> a prediction endpoint (:class:`Endpoint`)."""
+
+    kind = "deployer"
+    default_name = "deploy"
+    requires = (ModelArtifact,)
+    produces = Endpoint
+    settings_sections = ("deploy",)
+
+    @abc.abstractmethod
+    def run(self, context: Context) -> Endpoint: ...
+
+    def teardown(self, endpoint: Endpoint, context: Context) -> None:
+        """Stop the endpoint and delete what :meth:`run` created."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tear endpoints down")
+
+
+STAGE_KINDS: dict[str, type[Stage]] = {
+    cls.kind: cls
+    for cls in (DataConverter, ManifestBuilder, Tuner, Trainer, Evaluator, Deployer)
+}
+"""Stage kind -> its abstract class, in pipeline order."""
+
+
+def stage_output_dir(run_dir: Path, name: str) -> Path:
+    """Where a stage called ``name`` writes its outputs."""
+    return Path(run_dir) / name
