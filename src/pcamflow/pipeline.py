@@ -230,7 +230,16 @@ class Pipeline:
         names = self.names
         rerun_from = names.index(from_stage) if from_stage else len(names)
 
+        # Fingerprints chain: each covers the stage's settings and the ones before it.
+        fingerprints: dict[str, str] = {}
+        for name, stage in self.steps:
+            probe = Context(settings=settings, run_dir=run_dir,
+                            stage_dir=stage_output_dir(run_dir, name), services=services,
+                            stage_name=name, upstream=dict(fingerprints))
+            fingerprints[name] = stage.fingerprint(probe)
+
         def context_for(name: str, artifacts: Mapping[str, Artifact]) -> Context:
+            before = names[: names.index(name)]
             return Context(
                 settings=settings,
                 run_dir=run_dir,
@@ -238,22 +247,24 @@ class Pipeline:
                 artifacts=dict(artifacts),
                 services=services,
                 stage_name=name,
+                upstream={n: fingerprints[n] for n in before},
             )
 
-        def recorded(name: str, fingerprint: str | None) -> Artifact | None:
+        def recorded(name: str, check_fingerprint: bool = True) -> Artifact | None:
             """The recorded artifact if the stage is complete (same fingerprint, still there)."""
             record = records.get(name)
             if record is None or record.status != "completed" or not record.artifact:
                 return None
-            if fingerprint is not None and record.fingerprint != fingerprint:
+            if check_fingerprint and record.fingerprint != fingerprints[name]:
                 return None
             artifact = record.load_artifact()
             return artifact if artifact is not None and artifact.exists(s3) else None
 
+        artifacts: dict[str, Artifact] = {}
         if only is not None:
-            artifacts = {
-                n: a for n in names[: names.index(only)] if (a := recorded(n, None)) is not None
-            }
+            for n in names[: names.index(only)]:
+                if (found := recorded(n, check_fingerprint=False)) is not None:
+                    artifacts[n] = found
             for need in self[only].requires:
                 if not any(isinstance(a, need) for a in artifacts.values()):
                     raise MissingInputError(
@@ -262,12 +273,10 @@ class Pipeline:
                     )
             todo = [only]
         else:
-            # the first stage that is not complete; it and everything after it are validated
-            artifacts = {}
+            # the first stage that is not complete: it and every stage after it run
             first = len(names)
-            for index, (name, stage) in enumerate(self.steps):
-                fingerprint = stage.fingerprint(context_for(name, artifacts))
-                previous = recorded(name, fingerprint)
+            for index, name in enumerate(names):
+                previous = recorded(name)
                 if force or index >= rerun_from or previous is None:
                     first = index
                     break
@@ -278,21 +287,12 @@ class Pipeline:
             log.debug("validating %s", name)
             self[name].validate(context_for(name, artifacts))
 
-        ran: list[str] = []
-        for index, (name, stage) in enumerate(self.steps):
-            if name not in todo:
-                continue
+        for name in todo:
             context = context_for(name, artifacts)
-            fingerprint = stage.fingerprint(context)
-            forced = force or only is not None or index >= rerun_from
-            previous = None if forced else recorded(name, fingerprint)
-            if previous is not None:  # an upstream re-run made the same output again
-                log.info("[%s] complete, skipped", name)
-                artifacts[name] = previous
-                continue
-            artifacts[name] = self._run_stage(name, stage, context, fingerprint, records, run_dir)
-            ran.append(name)
-        return RunResult(run_dir=run_dir, records=dict(records), ran=tuple(ran))
+            artifacts[name] = self._run_stage(
+                name, self[name], context, fingerprints[name], records, run_dir
+            )
+        return RunResult(run_dir=run_dir, records=dict(records), ran=tuple(todo))
 
     def _run_stage(
         self,

@@ -65,6 +65,8 @@ class Context:
         services: clients and other shared objects passed in by the caller (for example
             ``{"aws": AwsClients(...)}``), so stages need no global state.
         stage_name: the name this stage has in the pipeline.
+        upstream: stage name -> fingerprint, for the stages before this one; a stage's
+            fingerprint includes them, so a re-run upstream re-runs everything after it.
     """
 
     settings: Any
@@ -73,6 +75,7 @@ class Context:
     artifacts: Mapping[str, Artifact] = attrs.field(factory=dict)
     services: Mapping[str, Any] = attrs.field(factory=dict)
     stage_name: str = ""
+    upstream: Mapping[str, str] = attrs.field(factory=dict)
 
     def input(self, kind: type[_A]) -> _A:
         """The latest earlier artifact of type ``kind``.
@@ -132,7 +135,7 @@ class Stage(abc.ABC):
         """A digest of what this stage's output depends on.
 
         It covers the stage's class, its ``settings_sections``, :meth:`options` and the
-        fingerprints of its inputs, which the pipeline puts in ``context.artifacts``.
+        fingerprints of the stages before it (``context.upstream``).
         """
         settings = context.settings
         payload = {
@@ -141,7 +144,7 @@ class Stage(abc.ABC):
                 name: _unstructure(getattr(settings, name, None)) for name in self.settings_sections
             },
             "options": self.options(),
-            "inputs": {name: art.to_dict() for name, art in context.artifacts.items()},
+            "upstream": dict(context.upstream),
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,182 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+from _stages import FileConverter, FileManifests, FlakyTrainer, calls, pipeline
+
+from pcamflow import Pipeline, Settings
+from pcamflow.artifacts import ModelArtifact
+from pcamflow.errors import MissingInputError, PipelineDefinitionError, StageNameNotUniqueError
+from pcamflow.pipeline import read_run_record
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_dict({"pipeline": {"run_dir": str(tmp_path / "run")}})
+
+
+def with_train(settings: Settings, **changes) -> Settings:
+    hp = attrs.evolve(settings.train.hyperparameters, **changes)
+    return attrs.evolve(settings, train=attrs.evolve(settings.train, hyperparameters=hp))
+
+
+def test_a_full_run_records_every_stage_and_a_rerun_skips_them(settings):
+    result = pipeline().run(settings)
+    assert result.ran == ("convert", "manifests", "train")
+    record = json.loads((settings.run_dir / "run.json").read_text())
+    stages = record["stages"]
+    assert [stages[n]["status"] for n in ("convert", "manifests", "train")] == ["completed"] * 3
+    for stage in stages.values():
+        assert stage["fingerprint"] and stage["started"] and stage["ended"]
+        assert stage["duration_s"] >= 0 and stage["error"] is None
+    assert isinstance(result["train"], ModelArtifact)
+    assert Path(result["train"].uri).read_bytes() == b"model bytes"
+
+    again = pipeline().run(settings)
+    assert again.ran == ()
+    assert calls(settings.run_dir) == ["convert", "manifests", "train"]
+
+
+def test_a_stage_failing_halfway_leaves_no_artifact_and_the_rerun_resumes_there(settings):
+    (settings.run_dir).mkdir(parents=True)
+    (settings.run_dir / "fail-train").touch()
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipeline().run(settings)
+    records = read_run_record(settings.run_dir)
+    assert records["convert"].status == "completed"
+    assert records["manifests"].status == "completed"
+    assert records["train"].status == "failed"
+    assert "disk full halfway" in records["train"].error
+    assert records["train"].artifact is None
+    train_dir = settings.run_dir / "train"
+    assert not (train_dir / "model.tar.gz").exists()
+    assert not list(train_dir.glob("*.tmp")), "the half-written file was left behind"
+
+    (settings.run_dir / "fail-train").unlink()
+    result = pipeline().run(settings)
+    assert result.ran == ("train",)
+    assert read_run_record(settings.run_dir)["train"].status == "completed"
+
+
+def test_an_interrupted_stage_is_recorded_and_resumed(settings):
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "interrupt-train").touch()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline().run(settings)
+    assert read_run_record(settings.run_dir)["train"].status == "interrupted"
+    (settings.run_dir / "interrupt-train").unlink()
+    assert pipeline().run(settings).ran == ("train",)
+
+
+def test_a_real_process_interrupted_with_ctrl_c_records_interrupted(settings, tmp_path):
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "slow-train").touch()
+    script = tmp_path / "run_it.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from _stages import pipeline\n"
+        "from pcamflow import Settings\n"
+        f"settings = Settings.from_dict({{'pipeline': {{'run_dir': {str(settings.run_dir)!r}}}}})\n"
+        "pipeline().run(settings)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = read_run_record(settings.run_dir) if (settings.run_dir / "run.json").exists() else {}
+        if "train" in records and records["train"].status == "running":
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the training stage never started")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert read_run_record(settings.run_dir)["train"].status == "interrupted"
+    (settings.run_dir / "slow-train").unlink()
+    assert pipeline().run(settings).ran == ("train",)
+
+
+def test_changing_a_stage_setting_reruns_that_stage_and_keeps_the_ones_before(settings):
+    pipeline().run(settings)
+    changed = with_train(settings, epochs=7)
+    result = pipeline().run(changed)
+    assert result.ran == ("train",)
+    assert result["train"].hyperparameters == {"epochs": "7"}
+
+
+def test_changing_an_upstream_setting_reruns_downstream(settings):
+    pipeline().run(settings)
+    changed = attrs.evolve(settings, data=attrs.evolve(settings.data, source="elsewhere"))
+    assert pipeline().run(changed).ran == ("convert", "manifests", "train")
+
+
+def test_a_deleted_artifact_makes_its_stage_incomplete(settings):
+    result = pipeline().run(settings)
+    Path(result["train"].uri).unlink()
+    assert pipeline().run(settings).ran == ("train",)
+
+
+def test_force_from_and_only(settings):
+    pipeline().run(settings)
+    assert pipeline().run(settings, force=True).ran == ("convert", "manifests", "train")
+    assert pipeline().run(settings, from_stage="manifests").ran == ("manifests", "train")
+    assert pipeline().run(settings, only="manifests").ran == ("manifests",)
+
+
+def test_only_needs_its_inputs_from_an_earlier_run(settings):
+    with pytest.raises(MissingInputError, match="--only train: needs a complete Manifests"):
+        pipeline().run(settings, only="train")
+    assert not (settings.run_dir / "train").exists()
+
+
+def test_unknown_stage_names_in_options_are_errors(settings):
+    with pytest.raises(PipelineDefinitionError, match="--from 'nope': no such stage"):
+        pipeline().run(settings, from_stage="nope")
+
+
+def test_the_pipeline_is_checked_when_built():
+    with pytest.raises(StageNameNotUniqueError, match="'convert' is used twice"):
+        Pipeline([("convert", FileConverter()), ("convert", FileConverter())])
+    with pytest.raises(MissingInputError, match="needs a Manifests"):
+        Pipeline([("convert", FileConverter()), ("train", FlakyTrainer())])
+    with pytest.raises(MissingInputError, match="needs a ImageDataset"):
+        Pipeline([("manifests", FileManifests())])
+    with pytest.raises(PipelineDefinitionError, match="str is not a pcamflow Stage"):
+        Pipeline([("convert", "FileConverter")])
+
+
+def test_validate_runs_for_every_stage_before_any_work(settings):
+    class Picky(FlakyTrainer):
+        def validate(self, context):
+            raise PipelineDefinitionError("train.epochs: refused by this test")
+
+    steps = [("convert", FileConverter()), ("manifests", FileManifests()), ("train", Picky())]
+    with pytest.raises(PipelineDefinitionError, match="refused"):
+        Pipeline(steps).run(settings)
+    assert calls(settings.run_dir) == []
+
+
+def test_a_stage_returning_the_wrong_artifact_fails_clearly(settings):
+    class Wrong(FlakyTrainer):
+        def run(self, context):
+            return context.input(FileConverter.produces)
+
+    steps = [("convert", FileConverter()), ("manifests", FileManifests()), ("train", Wrong())]
+    with pytest.raises(PipelineDefinitionError, match="returned ImageDataset, expected ModelArtifact"):
+        Pipeline(steps).run(settings)
+    assert read_run_record(settings.run_dir)["train"].status == "failed"
+
+
+def test_run_json_is_never_left_half_written(settings):
+    pipeline().run(settings)
+    leftovers = [p for p in settings.run_dir.iterdir() if p.name.startswith(".run.json")]
+    assert leftovers == []
+    assert os.path.getsize(settings.run_dir / "run.json") > 0
