@@ -250,6 +250,21 @@ class AwsSettings:
         security_group_ids: VPC security groups of jobs and endpoints.
         tags: tags put on every resource.
         prices: instance type -> USD per hour, for ``pcamflow plan``'s estimate.
+        profile: the AWS credentials profile (None: the default credential chain).
+        max_attempts: attempts per AWS request, throttling retried (botocore's standard mode).
+        upload_workers: S3 uploads at once.
+        poll_s: seconds between status checks of a running job or endpoint.
+        transform_instance_type: the batch transform's instance type (evaluation).
+        transform_instance_count: the batch transform's instances.
+        evaluate_via: ``transform`` (a batch transform job) or ``endpoint`` (invoke the
+            endpoint named ``deploy.name``, which must be InService).
+        estimated_runtime_s: the expected length of one training job, for the cost
+            estimate (None: ``max_runtime_s``, the most it can cost).
+        endpoint_hours: hours an endpoint is assumed to run, for the cost estimate.
+        data_capture_s3_uri: capture endpoint requests and answers here (None: off).
+        data_capture_percent: the share of requests captured, 1..100.
+        autoscaling_max_instances: scale the endpoint up to this many instances (None: off).
+        autoscaling_target_invocations: invocations per instance per minute to scale at.
     """
 
     region: str | None = None
@@ -268,6 +283,42 @@ class AwsSettings:
     security_group_ids: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     tags: dict[str, str] = attrs.field(factory=dict)
     prices: dict[str, float] = attrs.field(factory=dict)
+    profile: str | None = None
+    max_attempts: int = attrs.field(default=8, validator=_POSITIVE)
+    upload_workers: int = attrs.field(
+        default=16, validator=_check(lambda v: 1 <= v <= 128, "is outside 1..128")
+    )
+    poll_s: float = attrs.field(default=30.0, validator=_NON_NEGATIVE)
+    transform_instance_type: str = "ml.m5.xlarge"
+    transform_instance_count: int = attrs.field(default=1, validator=_POSITIVE)
+    evaluate_via: str = attrs.field(
+        default="transform", validator=_choice("transform", "endpoint")
+    )
+    estimated_runtime_s: int | None = attrs.field(default=None, validator=_POSITIVE)
+    endpoint_hours: float = attrs.field(default=24.0, validator=_NON_NEGATIVE)
+    data_capture_s3_uri: str | None = None
+    data_capture_percent: int = attrs.field(
+        default=100, validator=_check(lambda v: 1 <= v <= 100, "is outside 1..100")
+    )
+    autoscaling_max_instances: int | None = attrs.field(default=None, validator=_POSITIVE)
+    autoscaling_target_invocations: float = attrs.field(
+        default=100.0, validator=_check(lambda v: v > 0, "must be positive")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.use_spot and self.max_wait_s is not None and self.max_wait_s < self.max_runtime_s:
+            raise ConfigError(
+                f"max_wait_s: {self.max_wait_s} is less than max_runtime_s "
+                f"({self.max_runtime_s}); spot training's wait includes the run"
+            )
+        for name in ("checkpoint_s3_uri", "data_capture_s3_uri"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("s3://"):
+                raise ConfigError(f"{name}: {value!r} is not an s3:// URI")
+        if self.bucket is not None and (self.bucket.startswith("s3://") or "/" in self.bucket):
+            raise ConfigError(
+                f"bucket: {self.bucket!r} must be a bare bucket name (no s3://, no /)"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -317,7 +368,7 @@ class Settings:
         try:
             return cls.from_dict(data, source=str(path))
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+            raise type(error)(f"{path}: {error}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Settings:

@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pcamflow.cli import main
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    return path
+
+
+PLUGIN_ONLY = """
+[pipeline]
+run_dir = "{run}"
+converter = "example.solid"
+manifest_builder = "none"
+trainer = "none"
+evaluator = "none"
+"""
+
+
+def test_validate_accepts_a_good_file(tmp_path, capsys):
+    path = write(tmp_path, PLUGIN_ONLY.format(run=tmp_path / "run"))
+    assert main(["validate", str(path)]) == 0
+    assert "valid; stages: convert" in capsys.readouterr().out
+
+
+def test_a_settings_error_is_one_line_and_exit_2(tmp_path, capsys):
+    path = write(tmp_path, "[train]\nnum_layers = 19\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("pcamflow: error: ")
+    assert "train.num_layers: 19 is not one of 18, 20, 32" in err[0]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = write(tmp_path, "[train]\nnum_layers = 19\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "pcamflow.cli", "--debug", "validate", str(path)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr and "HyperparameterError" in out.stderr
+
+
+def test_an_unknown_stage_name_is_a_usage_error(tmp_path, capsys):
+    path = write(tmp_path, '[pipeline]\nconverter = "example.solid"\nmanifest_builder = "none"\n'
+                           'trainer = "mypkg.nothing"\n')
+    assert main(["validate", str(path)]) == 2
+    assert "trainer 'mypkg.nothing' is not registered" in capsys.readouterr().err
+
+
+def test_stages_lists_name_kind_class_and_distribution(capsys):
+    assert main(["stages"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["NAME", "KIND", "CLASS", "DISTRIBUTION"]
+    row = next(line for line in out.splitlines() if line.startswith("example.solid"))
+    assert row.split() == ["example.solid", "converter",
+                           "pcamflow_example_plugin:SolidColourConverter",
+                           "pcamflow-example-plugin"]
+
+
+def test_run_runs_a_plugin_stage_then_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    path = write(tmp_path, PLUGIN_ONLY.format(run=run))
+    assert main(["run", str(path)]) == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["stages"]["convert"]["status"] == "completed"
+    assert len(list((run / "convert" / "images").rglob("*.jpg"))) == 4 * 2 * 3
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    assert "complete" in capsys.readouterr().out
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).parent / "pcamflow"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "COMMAND" in out.stdout
