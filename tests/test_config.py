@@ -94,3 +94,10 @@ def test_the_examples_are_valid():
     for path in sorted(EXAMPLES.glob("*.toml")):
         settings = Settings.from_toml(path)
         assert settings.source == str(path)
+
+
+def test_the_configuration_reference_is_current():
+    from pcamflow._reference import settings_reference
+
+    current = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    assert current == settings_reference(), "run: python -m pcamflow._reference > docs/configuration.md"

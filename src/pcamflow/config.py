@@ -68,6 +68,16 @@ class PipelineSettings:
 
     Each stage key holds a registered stage name (``local``, ``sagemaker``, a plugin's name),
     or ``"none"`` to leave the stage out.
+
+    Attributes:
+        run_dir: the run folder (``run.json`` and every stage's outputs).
+        seed: the random seed of every stage (shuffles, synthetic data, training).
+        converter: the DataConverter: PCam HDF5 -> JPEG tree.
+        manifest_builder: the ManifestBuilder: JPEG tree -> manifests.
+        tuner: the Tuner (``none``: train with ``[train]`` as given).
+        trainer: the Trainer.
+        evaluator: the Evaluator.
+        deployer: the Deployer (``none``: no endpoint).
     """
 
     run_dir: str = "runs/pcamflow"

@@ -33,6 +33,8 @@ __all__ = [
 NUM_LAYERS = (18, 20, 32, 34, 44, 50, 56, 101, 110, 152, 200)
 """ResNet depths the algorithm offers: ImageNet-style 18..200 and the small-image set 20..110."""
 SMALL_IMAGE_LAYERS = (20, 32, 44, 56, 110)
+PRETRAINED_LAYERS = (18, 34, 50, 101, 152, 200)
+"""Depths that have a pretrained network (transfer learning)."""
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "nag")
 AUGMENTATION_TYPES = ("crop", "crop_color", "crop_color_transform")
 PRECISION_DTYPES = ("float32", "float16")
@@ -62,6 +64,25 @@ def _within(low: float | None, high: float | None, *, strict_low: bool = False) 
             )
 
     return check
+
+
+def _typed(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """Check the value's type against the field's kind (bools are not numbers here)."""
+    kind = _KIND.get(attribute.name, str)
+    if value is None:
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise HyperparameterError(
+            f"{attribute.name}: {value!r} is not a{'n' if kind is int else ''} {kind.__name__}"
+        )
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -104,19 +125,34 @@ def _steps(instance: Any, attribute: attrs.Attribute[Any], value: str | None) ->
 _FLOAT01 = _within(0.0, 1.0)
 
 
-@attrs.frozen(kw_only=True)
+def _add_type_checks(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    """Check every field's type first, so a range check never meets a wrong type."""
+    out = []
+    for field in fields:
+        checks = [_typed] + ([field.validator] if field.validator else [])
+        out.append(field.evolve(validator=attrs.validators.and_(*checks)))
+    return out
+
+
+@attrs.frozen(kw_only=True, field_transformer=_add_type_checks)
 class Hyperparameters:
     """Every hyperparameter of the built-in Image Classification algorithm.
 
     Names, defaults and allowed values follow AWS's "Image Classification Hyperparameters" page;
-    ``image_shape`` defaults to PCam's ``3,96,96`` and ``num_classes`` to 2. Values are typed
-    here and turned into the algorithm's strings by :meth:`to_sagemaker`.
+    ``image_shape`` defaults to PCam's ``3,96,96`` and ``num_classes`` (required by the
+    algorithm) to PCam's 2; every other default is the algorithm's own, ``num_layers=152``
+    included. Values are typed here and turned into the algorithm's strings by
+    :meth:`to_sagemaker`. Beyond the single-value checks, a value set is rejected when
+    ``checkpoint_frequency`` exceeds ``epochs``, ``resize`` is smaller than the height or width
+    of ``image_shape`` (the algorithm's training would fail), ``top_k`` exceeds
+    ``num_classes``, or ``use_pretrained_model=1`` asks for a depth that has no pretrained
+    network (only 18, 34, 50, 101, 152 and 200 have one).
     """
 
     num_classes: int = attrs.field(default=2, validator=_positive)
     num_training_samples: int | None = attrs.field(default=None, validator=_positive)
     image_shape: str = attrs.field(default="3,96,96", validator=_image_shape)
-    num_layers: int = attrs.field(default=18, validator=_one_of(NUM_LAYERS))
+    num_layers: int = attrs.field(default=152, validator=_one_of(NUM_LAYERS))
     epochs: int = attrs.field(default=30, validator=_positive)
     mini_batch_size: int = attrs.field(default=32, validator=_positive)
     learning_rate: float = attrs.field(default=0.1, validator=_within(0.0, 1.0, strict_low=True))
@@ -149,13 +185,17 @@ class Hyperparameters:
                 f"checkpoint_frequency: {self.checkpoint_frequency} is greater than "
                 f"epochs ({self.epochs})"
             )
-        if self.lr_scheduler_step is not None:
-            last = max(int(p) for p in self.lr_scheduler_step.split(","))
-            if last >= self.epochs:
-                raise HyperparameterError(
-                    f"lr_scheduler_step: step at epoch {last} is not before the last "
-                    f"epoch ({self.epochs})"
-                )
+        if self.resize is not None and self.resize < max(self.height, self.width):
+            raise HyperparameterError(
+                f"resize: {self.resize} is smaller than the height or width of image_shape "
+                f"({self.image_shape}); images are resized first, then cropped to image_shape"
+            )
+        if self.use_pretrained_model == 1 and self.num_layers not in PRETRAINED_LAYERS:
+            shown = ", ".join(str(n) for n in PRETRAINED_LAYERS)
+            raise HyperparameterError(
+                f"use_pretrained_model: no pretrained network has num_layers={self.num_layers}; "
+                f"transfer learning takes one of {shown}"
+            )
         if self.top_k is not None and self.top_k > self.num_classes:
             raise HyperparameterError(
                 f"top_k: {self.top_k} is greater than num_classes ({self.num_classes})"
@@ -216,7 +256,9 @@ class Hyperparameters:
         for name, text in values.items():
             if name not in fields:
                 raise HyperparameterError(f"{name}: not a hyperparameter of the algorithm")
-            kwargs[name] = _parse(name, str(text), fields[name].default)
+            if str(text).strip() == "" and fields[name].default is None:
+                continue  # an empty string leaves an optional hyperparameter unset
+            kwargs[name] = _parse(name, str(text).strip(), fields[name].default)
         return cls(**kwargs)
 
     def with_values(self, **changes: Any) -> Hyperparameters:

@@ -1,0 +1,141 @@
+"""Writes docs/configuration.md from the settings classes themselves, so it cannot drift.
+
+Run ``python -m pcamflow._reference > docs/configuration.md``; a test checks the file is current.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from typing import Any
+
+import attrs
+
+from pcamflow import config
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+
+HYPERPARAMETER_HELP = {
+    "num_classes": "Output classes (2 for PCam).",
+    "num_training_samples": "Training images; filled from the train manifest's count.",
+    "image_shape": "`channels,height,width` of the network input.",
+    "num_layers": "ResNet depth: 18, 34, 50, 101, 152, 200, or the small-image 20, 32, 44, 56, 110.",
+    "epochs": "Training epochs.",
+    "mini_batch_size": "Images per training batch.",
+    "learning_rate": "Initial learning rate, in (0, 1].",
+    "lr_scheduler_step": "Epochs at which the learning rate is multiplied by "
+                         "`lr_scheduler_factor`, e.g. `\"10,20\"`.",
+    "lr_scheduler_factor": "Factor applied at each `lr_scheduler_step`.",
+    "optimizer": "`sgd`, `adam`, `rmsprop` or `nag`.",
+    "momentum": "Momentum of `sgd` and `nag`.",
+    "weight_decay": "L2 weight decay.",
+    "beta_1": "`adam`'s first-moment decay.",
+    "beta_2": "`adam`'s second-moment decay.",
+    "eps": "`adam`'s and `rmsprop`'s epsilon.",
+    "gamma": "`rmsprop`'s decay.",
+    "augmentation_type": "`crop`, `crop_color` or `crop_color_transform` (unset: none).",
+    "resize": "Resize the shorter side to this many pixels before cropping.",
+    "top_k": "Report top-k accuracy during training.",
+    "early_stopping": "Stop when validation accuracy stops improving.",
+    "early_stopping_min_epochs": "Epochs before early stopping may stop.",
+    "early_stopping_patience": "Epochs without improvement before stopping.",
+    "early_stopping_tolerance": "Relative improvement that counts as improvement.",
+    "checkpoint_frequency": "Save a checkpoint every N epochs (unset: the best epoch).",
+    "precision_dtype": "`float32` or `float16` (mixed precision).",
+    "use_pretrained_model": "1: start from pretrained weights (offline: `extensions.weights_file`).",
+    "use_weighted_loss": "1: weight the loss by inverse class frequency.",
+    "multi_label": "1: multi-label classification.",
+    "kv_store": "Distributed training's key-value store: `dist_sync` or `dist_async`.",
+}
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    doc = inspect.getdoc(cls) or ""
+    match = re.search(r"Attributes:\n(.*?)(?:\n\n|\Z)", doc, re.S)
+    out: dict[str, str] = {}
+    if not match:
+        return out
+    current = None
+    for line in match.group(1).splitlines():
+        item = re.match(r"\s{4}(\w+): (.*)", line)
+        if item:
+            current = item.group(1)
+            out[current] = item.group(2).strip()
+        elif current and line.strip():
+            out[current] += " " + line.strip()
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "").replace("NoneType", "None")
+    return re.sub(r"<class '(\w+)'>", r"\1", text).replace("pcamflow.hyperparameters.", "")
+
+
+def _default(field: attrs.Attribute[Any]) -> str:
+    default = field.default
+    if default is attrs.NOTHING:
+        return "required"
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory()
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, str):
+        return f'"{default}"'
+    if isinstance(default, tuple):
+        return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in default) + "]"
+    if isinstance(default, dict):
+        return "{}"
+    return str(default)
+
+
+def _table(title: str, cls: type, help_: dict[str, str] | None = None) -> list[str]:
+    docs = help_ or _attribute_docs(cls)
+    hints = typing.get_type_hints(cls)
+    summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+    summary = re.sub(r"^``\[[\w.]+\]``(, ``\[[\w.]+\]``)*: ", "", summary).replace("``", "`")
+    summary = summary[:1].upper() + summary[1:]
+    lines = [f"## `{title}`", "", summary, "", "| key | type | default | meaning |",
+             "| --- | --- | --- | --- |"]
+    for field in attrs.fields(cls):
+        if attrs.has(hints[field.name]):
+            continue
+        meaning = docs.get(field.name, "").replace("|", "\\|").replace("``", "`")
+        kind = _type_name(hints[field.name]).replace("|", "\\|")
+        lines.append(f"| `{field.name}` | `{kind}` | "
+                     f"`{_default(field)}` | {meaning} |")
+    return [*lines, ""]
+
+
+def settings_reference() -> str:
+    """The configuration reference, as Markdown."""
+    lines = [
+        "# Configuration",
+        "",
+        "One TOML file configures a run; each table below is one class in `pcamflow.config`.",
+        "Unknown keys, wrong types and values out of range are errors that name the key path.",
+        "Relative paths are taken from the current directory. This page is generated from the",
+        "classes by `python -m pcamflow._reference`.",
+        "",
+    ]
+    tables = [
+        ("[pipeline]", config.PipelineSettings),
+        ("[data]", config.DataSettings),
+        ("[convert]", config.ConvertSettings),
+        ("[manifests]", config.ManifestSettings),
+        ("[tune]", config.TuneSettings),
+    ]
+    for title, cls in tables:
+        lines += _table(title, cls)
+    lines += _table("[tune.ranges.NAME]", TuningRange)
+    lines += _table("[train]", Hyperparameters, HYPERPARAMETER_HELP)
+    lines += _table("[train.extensions]", LocalExtensions)
+    for title, cls in [("[evaluate]", config.EvaluateSettings), ("[deploy]", config.DeploySettings),
+                       ("[aws]", config.AwsSettings)]:
+        lines += _table(title, cls)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(settings_reference(), end="")

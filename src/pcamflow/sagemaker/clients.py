@@ -1,0 +1,166 @@
+"""AWS clients of one run, built from one boto3 session and passed in (no global clients).
+
+A stage takes the :class:`AwsClients` the caller passed as ``services={"aws": clients}``, or
+builds one from ``settings.aws``. Every client it makes uses botocore's *standard* retry mode,
+so throttled and transient errors are retried with backoff (``aws.max_attempts`` attempts);
+sagemaker-core's resource classes use the same session, with the SDK's own standard-mode
+client. Defaults are resolved as the SageMaker SDK resolves them: the bucket is
+``sagemaker-<region>-<account>`` and the execution role is that of the SageMaker notebook or
+Studio session the run is in.
+
+Credentials stay inside the boto3 session: nothing here logs or stores them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pcamflow.errors import AwsError, ConfigError
+
+if TYPE_CHECKING:
+    import boto3
+
+    from pcamflow.config import AwsSettings
+    from pcamflow.stages import Context
+
+__all__ = ["AwsClients", "clients_for", "services_for"]
+
+log = logging.getLogger(__name__)
+
+
+class AwsClients:
+    """The boto3 session of a run and the clients made from it.
+
+    Args:
+        session: the boto3 session (credentials and region).
+        max_attempts: attempts per request in botocore's standard retry mode.
+        max_pool_connections: HTTP connections per client (at least the upload workers).
+    """
+
+    def __init__(
+        self,
+        session: boto3.Session,
+        *,
+        max_attempts: int = 8,
+        max_pool_connections: int = 32,
+    ) -> None:
+        if not session.region_name:
+            raise ConfigError(
+                "aws.region: not set, and the AWS configuration names no default region"
+            )
+        self.session = session
+        self.max_attempts = max_attempts
+        self.max_pool_connections = max_pool_connections
+        self._clients: dict[str, Any] = {}
+
+    @classmethod
+    def from_settings(cls, aws: AwsSettings, session: boto3.Session | None = None) -> AwsClients:
+        """Clients for ``[aws]`` settings, from ``session`` or a new one (region, profile)."""
+        if session is None:
+            import boto3
+
+            session = boto3.Session(region_name=aws.region, profile_name=aws.profile)
+        return cls(
+            session,
+            max_attempts=aws.max_attempts,
+            max_pool_connections=max(10, aws.upload_workers),
+        )
+
+    @property
+    def region(self) -> str:
+        """The session's region."""
+        return str(self.session.region_name)
+
+    def config(self) -> Any:
+        """The botocore client config: standard retry mode, enough connections."""
+        from botocore.config import Config
+
+        return Config(
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            max_pool_connections=self.max_pool_connections,
+        )
+
+    def client(self, service: str) -> Any:
+        """A client of ``service`` (made once, then reused)."""
+        if service not in self._clients:
+            self._clients[service] = self.session.client(service, config=self.config())
+        return self._clients[service]
+
+    @property
+    def s3(self) -> Any:
+        """The S3 client."""
+        return self.client("s3")
+
+    @property
+    def sagemaker(self) -> Any:
+        """The SageMaker client, for the few calls sagemaker-core has no resource method for."""
+        return self.client("sagemaker")
+
+    @functools.cached_property
+    def account_id(self) -> str:
+        """The account of the session's credentials."""
+        try:
+            return str(self.client("sts").get_caller_identity()["Account"])
+        except Exception as error:  # botocore's NoCredentialsError, ClientError, ...
+            raise AwsError(f"cannot find the AWS account of the credentials: {error}") from None
+
+    def sagemaker_session(self) -> Any:
+        """The SageMaker SDK's session helper on this boto3 session."""
+        from sagemaker.core.helper.session_helper import Session
+
+        return Session(boto_session=self.session)
+
+    def default_bucket_name(self) -> str:
+        """The SDK's default bucket name, ``sagemaker-<region>-<account>``, without creating it."""
+        return f"sagemaker-{self.region}-{self.account_id}"
+
+    def bucket(self, aws: AwsSettings, *, create: bool = True) -> str:
+        """``aws.bucket``, or the SDK's default bucket (made if missing when ``create``)."""
+        if aws.bucket:
+            return aws.bucket
+        if not create:
+            return self.default_bucket_name()
+        try:
+            return str(self.sagemaker_session().default_bucket())
+        except Exception as error:  # the SDK raises botocore errors as they come
+            raise AwsError(
+                f"aws.bucket: not set, and SageMaker's default bucket cannot be used: {error}"
+            ) from None
+
+    def role_arn(self, aws: AwsSettings) -> str:
+        """``aws.role_arn``, or the execution role of the SageMaker session this runs in."""
+        if aws.role_arn:
+            return aws.role_arn
+        from sagemaker.core.helper.session_helper import get_execution_role
+
+        try:
+            return str(get_execution_role(self.sagemaker_session()))
+        except ValueError as error:
+            raise ConfigError(
+                "aws.role_arn: not set, and the current AWS identity is not a SageMaker "
+                f"execution role ({error}); set aws.role_arn"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"AwsClients(region={self.region!r})"
+
+
+def clients_for(context: Context) -> AwsClients:
+    """The :class:`AwsClients` passed in as ``services["aws"]``, or new ones from the settings."""
+    clients = context.service("aws")
+    if clients is None:
+        clients = AwsClients.from_settings(context.settings.aws)
+    if not isinstance(clients, AwsClients):
+        raise ConfigError(f"services['aws']: expected AwsClients, got {type(clients).__name__}")
+    return clients
+
+
+def services_for(clients: AwsClients) -> dict[str, Any]:
+    """The ``services`` mapping for :meth:`Pipeline.run <pcamflow.pipeline.Pipeline.run>`.
+
+    It carries the clients for the SageMaker stages and the S3 client that checks whether
+    ``s3://`` artifacts of an earlier run still exist.
+    """
+    return {"aws": clients, "s3": clients.s3}
