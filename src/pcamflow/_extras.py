@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from pcamflow.errors import MissingExtraError
 
@@ -13,10 +14,19 @@ EXTRAS = {
 
 
 def _installed(module: str) -> bool:
+    top, _, rest = module.partition(".")
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return False
+    if spec is None or not rest:
+        return spec is not None
+    # find_spec("a.b") imports package "a" (sagemaker's __init__ takes seconds): look on disk
+    for location in spec.submodule_search_locations or ():
+        path = Path(location, *rest.split("."))
+        if path.is_dir() or path.with_suffix(".py").exists():
+            return True
+    return False
 
 
 def require(extra: str, where: str) -> None:

@@ -184,6 +184,12 @@ class TuneSettings:
                     raise ConfigError(
                         f"ranges.{name}: the Grid strategy takes only integer and categorical ranges"
                     )
+        if self.strategy == "Hyperband" and self.early_stopping != "Off":
+            # as in SageMaker: Hyperband stops poor trials itself
+            raise ConfigError(
+                "early_stopping: must be Off with the Hyperband strategy, which stops poor "
+                "trials itself"
+            )
 
 
 @attrs.frozen(kw_only=True)

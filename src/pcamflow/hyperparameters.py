@@ -1,9 +1,10 @@
 """The hyperparameter contract of SageMaker's built-in Image Classification algorithm.
 
 :class:`Hyperparameters` models every hyperparameter the algorithm takes, with its default and
-allowed values, validated when built. The SageMaker trainer sends :meth:`Hyperparameters.to_sagemaker`
-to the algorithm; the local trainer implements the same meaning in PyTorch. What only the local
-backend can do lives apart, in :class:`LocalExtensions`, so that it is never silently dropped.
+allowed values, validated when built. The SageMaker trainer sends
+:meth:`Hyperparameters.to_sagemaker` to the algorithm; the local trainer implements the same
+meaning in PyTorch. What only the local backend can do lives apart, in
+:class:`LocalExtensions`, so that it is never silently dropped.
 
 >>> hp = Hyperparameters(num_layers=20, epochs=3, num_training_samples=1000)
 >>> hp.to_sagemaker()["num_layers"]
@@ -368,6 +369,13 @@ class TuningRange:
                 raise HyperparameterError("values: a categorical range needs at least one value")
             if self.min_value is not None or self.max_value is not None:
                 raise HyperparameterError("min_value/max_value: not allowed in a categorical range")
+            if len({str(v) for v in self.values}) != len(self.values):
+                raise HyperparameterError(f"values: {list(self.values)!r} repeats a value")
+            if self.scaling != "Auto":
+                raise HyperparameterError(
+                    f"scaling: {self.scaling} is for continuous and integer ranges; "
+                    "a categorical range has no scaling"
+                )
             return
         if self.values:
             raise HyperparameterError(f"values: not allowed in a {self.type} range")
@@ -384,6 +392,10 @@ class TuningRange:
         if self.scaling in ("Logarithmic", "ReverseLogarithmic") and self.min_value <= 0:
             raise HyperparameterError(
                 f"scaling: {self.scaling} needs min_value > 0 (got {self.min_value})"
+            )
+        if self.scaling == "ReverseLogarithmic" and self.type != "continuous":
+            raise HyperparameterError(
+                "scaling: ReverseLogarithmic is for continuous ranges only (as in SageMaker)"
             )
         if self.scaling == "ReverseLogarithmic" and self.max_value >= 1:
             raise HyperparameterError(
@@ -410,12 +422,22 @@ class TuningRange:
                 )
             probes = [self.min_value, self.max_value]
             if self.type == "integer":
-                probes = [int(p) for p in probes if p is not None]
+                low, high = int(self.min_value or 0), int(self.max_value or 0)
+                # every whole number in a short range is tried, so that a range over a
+                # hyperparameter with a fixed set of values (num_layers) cannot reach a gap
+                probes = list(range(low, high + 1)) if high - low <= 512 else [low, high]
         for value in probes:
             try:
                 base.with_values(**{name: str(value) if self.type == "categorical" else value})
             except HyperparameterError as error:
-                raise HyperparameterError(f"{name}: range value {value!r} is invalid ({error})") from None
+                hint = (
+                    "; use a categorical range of the allowed values"
+                    if self.type == "integer" and value not in (probes[0], probes[-1])
+                    else ""
+                )
+                raise HyperparameterError(
+                    f"{name}: range value {value!r} is invalid ({error}){hint}"
+                ) from None
 
     def to_sagemaker(self, name: str) -> dict[str, Any]:
         """The range as a ``ParameterRanges`` entry of a tuning job."""

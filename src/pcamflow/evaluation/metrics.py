@@ -132,14 +132,16 @@ def compute_metrics(
         only = "negative (0)" if n_pos == 0 else "positive (1)"
         notes.append(f"only {only} labels: {', '.join(undefined)} undefined")
     if tp + fp == 0:
-        notes.append(f"nothing predicted positive at threshold {threshold:g}: precision is undefined")
+        notes.append(
+            f"nothing predicted positive at threshold {threshold:g}: precision is undefined"
+        )
     clipped = np.clip(p, _EPS, 1 - _EPS)
     # one unique-score grouping serves the point AUC and every bootstrap resample
     uniques, group = np.unique(p, return_inverse=True)
     pos_w = np.bincount(group, weights=y, minlength=len(uniques))
     neg_w = np.bincount(group, weights=1 - y, minlength=len(uniques))
     out: dict[str, Any] = {
-        "n": int(len(y)),
+        "n": len(y),
         "n_positive": n_pos,
         "n_negative": n_neg,
         "threshold": float(threshold),

@@ -208,7 +208,7 @@ def plot_tuning_history(
         ax.step(numbers, best, where="post", color="C2", label="best so far")
     if not len(values):
         _undefined(ax, "no trials")
-    else:
+    elif ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
     ax.set(xlabel="trial", ylabel=objective, title="Tuning: objective by trial")
     return _save(figure, path)

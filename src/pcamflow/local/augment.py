@@ -150,7 +150,9 @@ def _rgb_to_hls(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     denom = torch.where(light < 0.5, high + low, 2 - high - low).clamp_min(1e-6)
     sat = torch.where(delta > 1e-6, delta / denom, torch.zeros_like(delta))
     hue = torch.where(
-        high == r, ((g - b) / safe) % 6, torch.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4)
+        high == r,
+        ((g - b) / safe) % 6,
+        torch.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4),
     )
     hue = torch.where(delta > 1e-6, hue / 6, torch.zeros_like(hue))  # in [0, 1)
     return hue, light, sat
@@ -219,7 +221,7 @@ _LOG_ADJUST = math.log(1e-6)
 def random_hed(
     images: torch.Tensor, sigma: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """HED stain jitter: scale each stain by U(1-sigma, 1+sigma) and shift it by U(-sigma, sigma)."""
+    """HED stain jitter: each stain scaled by U(1-sigma, 1+sigma), shifted by U(-sigma, sigma)."""
     if sigma <= 0 or images.shape[1] != 3:
         return images
     n = images.shape[0]

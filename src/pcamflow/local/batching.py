@@ -126,7 +126,9 @@ class MicroBatcher:
             if self._changed is not None:
                 self._changed.set()
 
-    async def submit(self, images: Sequence[np.ndarray], ticket: Ticket | None = None) -> np.ndarray:
+    async def submit(
+        self, images: Sequence[np.ndarray], ticket: Ticket | None = None
+    ) -> np.ndarray:
         """Predict ``images`` (uint8 (H, W, 3) arrays) with whatever else is waiting.
 
         Args:
@@ -149,6 +151,11 @@ class MicroBatcher:
             self._withdraw(ticket)
         self._changed.set()
         return await future
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the next batch."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -18,72 +18,55 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from pcamflow.errors import DataError, ImageError
-from pcamflow.local.augment import center_crop, random_crop, resize_shorter
+from pcamflow.local.augment import center_crop, random_crop
 
-__all__ = ["ManifestImages", "decode_image", "make_loader", "read_entries"]
-
-
-def _read_jsonl(path: str | Path) -> list[tuple[str, int]]:
-    """A minimal JSON Lines manifest reader, used until :mod:`pcamflow.data.manifests` exists."""
-    import json
-
-    out = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the manifest ({error})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            out.append((str(record["source-ref"]), int(record["class"])))
-        except (ValueError, KeyError, TypeError) as error:
-            raise DataError(f"{path}:{number}: not a manifest line ({error})") from None
-    return out
-
-
-def _uri_to_path(uri: str) -> Path:
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
-        raise DataError(f"{uri}: only local (file://) images can be read here")
-    return Path(unquote(parsed.path)) if parsed.scheme else Path(uri)
+__all__ = ["ManifestImages", "decode_image", "make_loader", "pil_to_tensor", "read_entries"]
 
 
 def read_entries(path: str | Path) -> list[tuple[Path, int]]:
     """The (image path, label) pairs of a manifest, through the one manifest reader."""
-    try:
-        from pcamflow.data.manifests import read_manifest, uri_to_path
-    except ImportError:
-        read_manifest, uri_to_path = _read_jsonl, _uri_to_path
+    from pcamflow.data.manifests import read_manifest, uri_to_path
 
     out = []
     for uri, label in read_manifest(path):
-        local = uri_to_path(uri) if "://" in uri else Path(uri)
+        local = uri_to_path(uri)
         out.append((local, int(label)))
     if not out:
         raise DataError(f"{path}: the manifest has no images")
     return out
 
 
-def decode_image(path: Path, channels: int) -> torch.Tensor:
-    """Decode one image file into a uint8 ``(C, H, W)`` tensor.
+def pil_to_tensor(image: Image.Image, channels: int, resize: int | None) -> torch.Tensor:
+    """A PIL image as a uint8 ``(C, H, W)`` tensor, its shorter side resized to ``resize``.
+
+    Training and prediction both resize here (PIL's antialiased bilinear filter), so a model
+    sees the same pixels in both.
+    """
+    image = image.convert("RGB" if channels == 3 else "L")
+    if resize and min(image.size) != resize:
+        width, height = image.size
+        scale = resize / min(width, height)
+        size = (max(resize, round(width * scale)), max(resize, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def decode_image(path: Path, channels: int, resize: int | None = None) -> torch.Tensor:
+    """Decode one image file into a uint8 ``(C, H, W)`` tensor, resized as :func:`pil_to_tensor`.
 
     Raises:
         ImageError: the file is missing or cannot be decoded (the message names it).
     """
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+            return pil_to_tensor(image, channels, resize)
     except FileNotFoundError:
         raise ImageError(f"{path}: image not found (named in the manifest)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path}: not a readable image ({error})") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 class ManifestImages(Dataset):
@@ -119,9 +102,7 @@ class ManifestImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.entries[index]
         channels, height, width = self.image_shape
-        image = decode_image(path, channels)
-        if self.resize:
-            image = resize_shorter(image[None], self.resize)[0]
+        image = decode_image(path, channels, self.resize)
         if self.random_crop:
             # a generator per item and epoch: the same crops whatever the worker count
             gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)

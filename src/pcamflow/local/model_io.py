@@ -24,11 +24,13 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from pcamflow.errors import ModelError
-from pcamflow.local.augment import center_crop, dihedral_views, resize_shorter
+from pcamflow.local.augment import center_crop, dihedral_views
+from pcamflow.local.dataset import pil_to_tensor
 from pcamflow.local.models import build_model
 
 __all__ = ["LoadedModel", "ModelMeta", "load_model_archive", "save_model_archive"]
@@ -216,45 +218,37 @@ class LoadedModel:
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
 
     def _to_uint8_batch(self, images: Any) -> torch.Tensor:
-        channels = self.meta.image_shape[0]
+        channels, height, width = self.meta.image_shape
         if isinstance(images, np.ndarray):
-            array = images
-            if array.ndim == 3 and channels == 1:
-                array = array[..., None]
-            if array.ndim != 4 or array.dtype != np.uint8 or array.shape[-1] != channels:
+            if images.ndim == 3 and channels == 1:
+                images = images[..., None]
+            if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != channels:
                 raise ModelError(
                     f"images: expected a uint8 array (N, H, W, {channels}), got "
-                    f"{array.dtype} {array.shape}"
+                    f"{images.dtype} {images.shape}"
                 )
-            return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+            images = [Image.fromarray(a[..., 0] if channels == 1 else a) for a in images]
         tensors = []
-        mode = "RGB" if channels == 3 else "L"
         for index, image in enumerate(images):
             try:
-                array = np.asarray(image.convert(mode), dtype=np.uint8)
+                resize = self.meta.resize
+                if not resize and (image.size[0] < width or image.size[1] < height):
+                    resize = max(height, width)  # too small: scale up rather than fail
+                tensor = pil_to_tensor(image, channels, resize)
             except (AttributeError, OSError, ValueError) as error:
                 raise ModelError(f"images[{index}]: not a readable image ({error})") from None
-            if array.ndim == 2:
-                array = array[..., None]
-            tensors.append(self._fit(torch.from_numpy(array.copy()).permute(2, 0, 1)[None]))
+            tensors.append(center_crop(tensor, height, width))
         if not tensors:
             raise ModelError("images: no images given")
-        return torch.cat(tensors)
-
-    def _fit(self, batch: torch.Tensor) -> torch.Tensor:
-        """Resize (as the metadata says) and centre-crop a uint8 batch to the input size."""
-        _, height, width = self.meta.image_shape
-        if self.meta.resize:
-            batch = resize_shorter(batch, self.meta.resize)
-        elif batch.shape[-2] < height or batch.shape[-1] < width:
-            batch = resize_shorter(batch, max(height, width))
-        return center_crop(batch, height, width)
+        return torch.stack(tensors)
 
     def preprocess(self, images: Any) -> torch.Tensor:
-        """PIL images or a uint8 array ``(N, H, W, C)`` -> the normalised float batch."""
+        """PIL images or a uint8 array ``(N, H, W, C)`` -> the normalised float batch.
+
+        Images are resized (shorter side to ``meta.resize``) and centre-cropped to
+        ``meta.image_shape`` exactly as in training, then normalised by ``meta.mean``/``std``.
+        """
         batch = self._to_uint8_batch(images)
-        if isinstance(images, np.ndarray):
-            batch = self._fit(batch)
         mean = torch.tensor(self.meta.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.meta.std).view(1, -1, 1, 1)
         return ((batch.float() / 255.0) - mean) / std
@@ -273,7 +267,7 @@ class LoadedModel:
         return torch.cat(out).numpy().astype(np.float64)
 
     def predict_images(self, images: Any, tta: bool = False) -> np.ndarray:
-        """:meth:`preprocess` then :meth:`predict_proba`; ``tta``: mean over the 8 dihedral views."""
+        """:meth:`preprocess`, then :meth:`predict_proba` (``tta``: mean over 8 dihedral views)."""
         batch = self.preprocess(images)
         if not tta:
             return self.predict_proba(batch)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pcamflow.errors import AwsError, ConfigError
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from pcamflow.config import AwsSettings
     from pcamflow.stages import Context
 
-__all__ = ["AwsClients", "clients_for", "services_for"]
+__all__ = ["AwsClients", "clients_for", "resolve", "services_for", "services_for_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class AwsClients:
         session: the boto3 session (credentials and region).
         max_attempts: attempts per request in botocore's standard retry mode.
         max_pool_connections: HTTP connections per client (at least the upload workers).
+        endpoint_urls: service -> URL to reach it at instead of AWS's (a VPC endpoint, or a
+            local endpoint speaking the SageMaker runtime API for ``sagemaker-runtime``).
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class AwsClients:
         *,
         max_attempts: int = 8,
         max_pool_connections: int = 32,
+        endpoint_urls: Mapping[str, str] | None = None,
     ) -> None:
         if not session.region_name:
             raise ConfigError(
@@ -53,6 +57,7 @@ class AwsClients:
         self.session = session
         self.max_attempts = max_attempts
         self.max_pool_connections = max_pool_connections
+        self.endpoint_urls = dict(endpoint_urls or {})
         self._clients: dict[str, Any] = {}
 
     @classmethod
@@ -78,14 +83,16 @@ class AwsClients:
         from botocore.config import Config
 
         return Config(
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             max_pool_connections=self.max_pool_connections,
         )
 
     def client(self, service: str) -> Any:
         """A client of ``service`` (made once, then reused)."""
         if service not in self._clients:
-            self._clients[service] = self.session.client(service, config=self.config())
+            self._clients[service] = self.session.client(
+                service, config=self.config(), endpoint_url=self.endpoint_urls.get(service)
+            )
         return self._clients[service]
 
     @property
@@ -164,3 +171,26 @@ def services_for(clients: AwsClients) -> dict[str, Any]:
     ``s3://`` artifacts of an earlier run still exist.
     """
     return {"aws": clients, "s3": clients.s3}
+
+
+def resolve(clients: AwsClients, aws: AwsSettings, *, create_bucket: bool = True) -> Any:
+    """The run's :class:`~pcamflow.sagemaker.requests.Resolved` values, looked up once."""
+    from pcamflow.sagemaker.requests import Resolved, algorithm_image
+
+    return Resolved(
+        region=clients.region,
+        role_arn=clients.role_arn(aws),
+        bucket=clients.bucket(aws, create=create_bucket),
+        image_uri=algorithm_image(clients.region),
+    )
+
+
+def services_for_settings(settings: Any) -> dict[str, Any]:
+    """:func:`services_for` new clients when a stage of ``settings`` runs on SageMaker, else ``{}``.
+
+    ``pcamflow run`` passes this to ``Pipeline.run`` so that a re-run can check ``s3://``
+    artifacts of the run before it.
+    """
+    if "sagemaker" not in settings.pipeline.stage_names().values():
+        return {}
+    return services_for(AwsClients.from_settings(settings.aws))

@@ -1,9 +1,10 @@
 """The SageMaker API requests of a run, as plain dicts in the API's own shape.
 
-Every request the SageMaker stages send is built here, by pure functions of the settings and
-of the values resolved at run time (:class:`Resolved`), so that ``pcamflow plan`` prints and
-checks exactly what a run sends. :func:`check_request` validates a request against botocore's
-service model; the stages send them through sagemaker-core's resource classes.
+Every request the SageMaker stages send is built here (training and tuning) or in
+:mod:`pcamflow.sagemaker.hosting` (models, transform, endpoints), by pure functions of the
+settings and of the values resolved at run time (:class:`Resolved`), so that ``pcamflow plan``
+prints and checks exactly what a run sends. :func:`check_request` validates a request against
+botocore's service model; the stages send them through sagemaker-core's resource classes.
 
 The training channels are the ones DESIGN.md fixes for Pipe mode: augmented manifests
 (``S3DataType=AugmentedManifestFile``, ``AttributeNames=["source-ref", "class"]``) wrapped in
@@ -26,14 +27,9 @@ __all__ = [
     "Resolved",
     "channels",
     "check_request",
-    "endpoint_config_request",
-    "endpoint_request",
     "job_name",
-    "model_request",
-    "scaling_requests",
     "tags",
     "training_job_request",
-    "transform_job_request",
     "tuning_job_request",
     "vpc_config",
 ]
@@ -64,12 +60,20 @@ class Resolved:
 
 def algorithm_image(region: str) -> str:
     """The built-in Image Classification algorithm's image URI, from the SDK's lookup."""
+    import logging
+
     from sagemaker.core import image_uris
 
+    # the lookup logs its defaulting choices at INFO; they say nothing to a pcamflow user
+    quiet = logging.getLogger(image_uris.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         return str(image_uris.retrieve(ALGORITHM, region))
     except ValueError as error:
         raise ConfigError(f"aws.region: {region!r} has no {ALGORITHM} image ({error})") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def job_name(prefix: str, kind: str, when: dt.datetime | None = None) -> str:
@@ -143,7 +147,9 @@ def _training_parts(aws: AwsSettings, resolved: Resolved, output_uri: str) -> di
         output["KmsKeyId"] = aws.kms_key_id
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": aws.max_runtime_s}
     parts: dict[str, Any] = {
-        "AlgorithmSpecification": {"TrainingImage": resolved.image_uri, "TrainingInputMode": "Pipe"},
+        "AlgorithmSpecification": {
+            "TrainingImage": resolved.image_uri, "TrainingInputMode": "Pipe"
+        },
         "RoleArn": resolved.role_arn,
         "OutputDataConfig": output,
         "ResourceConfig": resources,
@@ -224,7 +230,9 @@ def tuning_job_request(
         "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE},
         "ResourceLimits": limits,
         "ParameterRanges": _parameter_ranges(tune),
-        "TrainingJobEarlyStoppingType": "Off" if tune.strategy == "Hyperband" else tune.early_stopping,
+        "TrainingJobEarlyStoppingType": (
+            "Off" if tune.strategy == "Hyperband" else tune.early_stopping
+        ),
     }
     static = {k: v for k, v in static_hyperparameters.items() if k not in tune.ranges}
     if tune.strategy == "Hyperband":
@@ -252,148 +260,6 @@ def tuning_job_request(
     if aws.tags:
         request["Tags"] = tags(aws)
     return request
-
-
-def model_request(name: str, model_uri: str, aws: AwsSettings, resolved: Resolved) -> dict[str, Any]:
-    """``CreateModel``: the algorithm's inference image with the trained ``model.tar.gz``."""
-    request: dict[str, Any] = {
-        "ModelName": name,
-        "PrimaryContainer": {"Image": resolved.image_uri, "ModelDataUrl": model_uri},
-        "ExecutionRoleArn": resolved.role_arn,
-    }
-    vpc = vpc_config(aws)
-    if vpc:
-        request["VpcConfig"] = vpc
-    if aws.tags:
-        request["Tags"] = tags(aws)
-    return request
-
-
-def transform_job_request(
-    name: str,
-    model_name: str,
-    input_manifest_uri: str,
-    output_uri: str,
-    aws: AwsSettings,
-) -> dict[str, Any]:
-    """``CreateTransformJob``: one image per request, JSON class probabilities back.
-
-    The input is an S3 *manifest file* listing the images to score, so exactly the test
-    manifest's images are scored; each answer lands at ``<output>/<relative key>.out``.
-    """
-    resources: dict[str, Any] = {
-        "InstanceType": aws.transform_instance_type,
-        "InstanceCount": aws.transform_instance_count,
-    }
-    output: dict[str, Any] = {"S3OutputPath": output_uri, "Accept": "application/json"}
-    if aws.kms_key_id:
-        resources["VolumeKmsKeyId"] = aws.kms_key_id
-        output["KmsKeyId"] = aws.kms_key_id
-    request: dict[str, Any] = {
-        "TransformJobName": name,
-        "ModelName": model_name,
-        "MaxPayloadInMB": 6,
-        "BatchStrategy": "SingleRecord",
-        "TransformInput": {
-            "DataSource": {
-                "S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": input_manifest_uri}
-            },
-            "ContentType": "application/x-image",
-            "CompressionType": "None",
-            "SplitType": "None",
-        },
-        "TransformOutput": output,
-        "TransformResources": resources,
-    }
-    if aws.tags:
-        request["Tags"] = tags(aws)
-    return request
-
-
-def endpoint_config_request(
-    name: str,
-    model_name: str,
-    instance_type: str,
-    instance_count: int,
-    aws: AwsSettings,
-) -> dict[str, Any]:
-    """``CreateEndpointConfig``: one variant, optional data capture, KMS-encrypted volume."""
-    request: dict[str, Any] = {
-        "EndpointConfigName": name,
-        "ProductionVariants": [
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": model_name,
-                "InstanceType": instance_type,
-                "InitialInstanceCount": instance_count,
-                "InitialVariantWeight": 1.0,
-            }
-        ],
-    }
-    if aws.data_capture_s3_uri:
-        capture: dict[str, Any] = {
-            "EnableCapture": True,
-            "InitialSamplingPercentage": aws.data_capture_percent,
-            "DestinationS3Uri": aws.data_capture_s3_uri,
-            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-        }
-        if aws.kms_key_id:
-            capture["KmsKeyId"] = aws.kms_key_id
-        request["DataCaptureConfig"] = capture
-    if aws.kms_key_id:
-        request["KmsKeyId"] = aws.kms_key_id
-    if aws.tags:
-        request["Tags"] = tags(aws)
-    return request
-
-
-def endpoint_request(name: str, config_name: str, aws: AwsSettings) -> dict[str, Any]:
-    """``CreateEndpoint``."""
-    request: dict[str, Any] = {"EndpointName": name, "EndpointConfigName": config_name}
-    if aws.tags:
-        request["Tags"] = tags(aws)
-    return request
-
-
-def scaling_resource_id(endpoint_name: str) -> str:
-    """Application Auto Scaling's id of the endpoint's variant."""
-    return f"endpoint/{endpoint_name}/variant/AllTraffic"
-
-
-def scaling_requests(
-    endpoint_name: str, min_instances: int, aws: AwsSettings
-) -> list[tuple[str, dict[str, Any]]]:
-    """Application Auto Scaling's ``RegisterScalableTarget`` and ``PutScalingPolicy``.
-
-    Empty when ``aws.autoscaling_max_instances`` is not set.
-    """
-    if aws.autoscaling_max_instances is None:
-        return []
-    if aws.autoscaling_max_instances < min_instances:
-        raise ConfigError(
-            f"aws.autoscaling_max_instances: {aws.autoscaling_max_instances} is less than "
-            f"deploy.initial_instance_count ({min_instances})"
-        )
-    target = {
-        "ServiceNamespace": "sagemaker",
-        "ResourceId": scaling_resource_id(endpoint_name),
-        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
-    }
-    policy = {
-        **target,
-        "PolicyName": f"{endpoint_name}-invocations",
-        "PolicyType": "TargetTrackingScaling",
-        "TargetTrackingScalingPolicyConfiguration": {
-            "TargetValue": aws.autoscaling_target_invocations,
-            "PredefinedMetricSpecification": {
-                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
-            },
-            "ScaleInCooldown": 300,
-            "ScaleOutCooldown": 60,
-        },
-    }
-    register = {**target, "MinCapacity": min_instances, "MaxCapacity": aws.autoscaling_max_instances}
-    return [("RegisterScalableTarget", register), ("PutScalingPolicy", policy)]
 
 
 def check_request(service: str, operation: str, params: Mapping[str, Any]) -> None:

@@ -24,6 +24,8 @@ __all__ = [
     "download_file",
     "encryption_args",
     "existing_objects",
+    "read_object",
+    "run_prefix",
     "upload_file",
     "upload_tree",
 ]
@@ -149,33 +151,30 @@ def upload_tree(
     extra = encryption_args(kms_key_id)
     config = TransferConfig(max_concurrency=workers, use_threads=True)
     lock = threading.Lock()
-    sent = [0]
     bar = tqdm(
         total=len(todo), unit="file", desc=f"upload {target}", disable=None if progress else True
     )
 
-    def done(future: Any, **kwargs: Any) -> None:
-        with lock:
-            bar.update(1)
-
     from s3transfer.subscribers import BaseSubscriber
 
-    class _Done(BaseSubscriber):  # type: ignore[misc]
+    class _Tick(BaseSubscriber):  # type: ignore[misc]
         def on_done(self, future: Any, **kwargs: Any) -> None:
-            done(future)
+            with lock:  # transfer threads finish concurrently
+                bar.update(1)
 
     failures: list[str] = []
+    sent = 0
     try:
         with create_transfer_manager(s3, config) as manager:
             futures = [
                 (key, manager.upload(str(path), target.bucket, key, extra_args=extra,
-                                     subscribers=[_Done()]))
+                                     subscribers=[_Tick()]))
                 for path, key in todo
             ]
             for (key, future), (path, _) in zip(futures, todo, strict=True):
                 try:
                     future.result()
-                    sent[0] += path.stat().st_size
+                    sent += path.stat().st_size
                 except Exception as error:  # keep the others; report every failure at once
                     failures.append(f"{key}: {error}")
     finally:
@@ -186,7 +185,7 @@ def upload_tree(
             f"{len(failures)} of {len(todo)} uploads to {target} failed ({shown}); "
             "run again to send what is missing"
         )
-    return UploadReport(uploaded=len(todo), skipped=skipped, bytes_sent=sent[0])
+    return UploadReport(uploaded=len(todo), skipped=skipped, bytes_sent=sent)
 
 
 def upload_file(
@@ -228,3 +227,8 @@ def read_object(s3: Any, source: S3Uri) -> bytes:
         return bytes(s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read())
     except Exception as error:  # botocore ClientError: NoSuchKey, AccessDenied, ...
         raise AwsError(f"cannot read {source}: {error}") from None
+
+
+def run_prefix(bucket: str, prefix: str, run_dir: str | Path) -> S3Uri:
+    """Where a run keeps its objects: ``s3://<bucket>/<prefix>/<run folder's name>``."""
+    return S3Uri(bucket, "").join(prefix, Path(run_dir).resolve().name)

@@ -1,0 +1,195 @@
+"""The SageMaker deployer: model, endpoint config and real-time endpoint; and teardown.
+
+:class:`SageMakerDeployer` creates a SageMaker model from the trained ``model.tar.gz``, an
+endpoint config (one variant; data capture when ``aws.data_capture_s3_uri`` is set) and the
+endpoint named ``deploy.name``, waits until it is ``InService`` and, when
+``aws.autoscaling_max_instances`` is set, registers target-tracking autoscaling.
+:func:`teardown_endpoint` deletes all of it again (``pcamflow teardown``); an endpoint is
+billed per instance-hour until then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pcamflow.artifacts import Endpoint, ModelArtifact
+from pcamflow.errors import AwsError, ConfigError
+from pcamflow.stages import Context, Deployer
+
+__all__ = ["SageMakerDeployer", "teardown_endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class SageMakerDeployer(Deployer):
+    """Deploys the model to a SageMaker real-time endpoint.
+
+    Args:
+        progress: show the endpoint's status while it is created.
+        ask: asks, on Ctrl-C while the endpoint is created, whether to delete it again.
+    """
+
+    def __init__(
+        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
+    ) -> None:
+        self.progress = progress
+        self.ask = ask
+
+    def validate(self, context: Context) -> None:
+        from pcamflow.sagemaker.hosting import scaling_requests
+        from pcamflow.sagemaker.trainer import check_aws
+
+        check_aws(context.settings)
+        deploy = context.settings.deploy
+        scaling_requests(deploy.name, deploy.initial_instance_count, context.settings.aws)
+        if context.settings.deploy.api_key_env:
+            raise ConfigError(
+                "deploy.api_key_env: a SageMaker endpoint is authorised by IAM (SigV4), not by "
+                "an API key; remove it or use deployer = 'local'"
+            )
+
+    def run(self, context: Context) -> Endpoint:
+        from pcamflow.sagemaker import jobs
+        from pcamflow.sagemaker.clients import clients_for, resolve
+        from pcamflow.sagemaker.hosting import (
+            endpoint_config_request,
+            endpoint_request,
+            model_request,
+        )
+        from pcamflow.sagemaker.requests import job_name
+
+        settings = context.settings
+        aws, deploy = settings.aws, settings.deploy
+        model = context.input(ModelArtifact)
+        if not model.uri.startswith("s3://"):
+            raise ConfigError(
+                f"model {model.uri}: deployer 'sagemaker' needs a model in S3 "
+                "(trainer = 'sagemaker')"
+            )
+        clients = clients_for(context)
+        resolved = resolve(clients, aws)
+        model_name = job_name(deploy.name, "model")
+        config_name = job_name(deploy.name, "config")
+        resources = {"model": model_name, "endpoint_config": config_name}
+        endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
+                            resources=resources)
+        jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+        try:
+            jobs.create("endpoint_config", endpoint_config_request(
+                config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
+            ), clients)
+            live = jobs.create("endpoint", endpoint_request(deploy.name, config_name, aws), clients)
+            jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
+            scaling = _autoscale(clients, deploy, aws)
+        except KeyboardInterrupt:
+            ask = self.ask or jobs.ask_on_terminal
+            if ask(f"Endpoint {deploy.name} is being created (and billed). Delete it?"):
+                teardown_endpoint(endpoint, clients, wait=False)
+            else:
+                log.warning("endpoint %s left as it is; delete it with teardown_endpoint, or "
+                            "re-run and then `pcamflow teardown`", deploy.name)
+            raise
+        except Exception:
+            # nothing half-made is left billing: a failed deploy deletes what it created
+            log.warning("deploying %s failed; deleting what was created", deploy.name)
+            teardown_endpoint(endpoint, clients)
+            raise
+        if scaling:
+            endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
+                                resources={**resources, "autoscaling": scaling})
+        log.info("endpoint %s is InService in %s", deploy.name, clients.region)
+        return endpoint
+
+    def teardown(self, endpoint: Endpoint, context: Context) -> None:
+        from pcamflow.sagemaker.clients import clients_for
+
+        teardown_endpoint(endpoint, clients_for(context))
+
+
+def _autoscale(clients: Any, deploy: Any, aws: Any) -> str | None:
+    from pcamflow.sagemaker.hosting import scaling_requests, scaling_resource_id
+
+    requests = scaling_requests(deploy.name, deploy.initial_instance_count, aws)
+    if not requests:
+        return None
+    scaling = clients.client("application-autoscaling")
+    for operation, params in requests:
+        method = {"RegisterScalableTarget": scaling.register_scalable_target,
+                  "PutScalingPolicy": scaling.put_scaling_policy}[operation]
+        try:
+            method(**params)
+        except Exception as error:  # botocore ClientError
+            raise AwsError(f"autoscaling {deploy.name}: {operation} failed: {error}") from None
+    return scaling_resource_id(deploy.name)
+
+
+def _not_found(error: Exception) -> bool:
+    """Whether a delete failed because the resource is already gone."""
+    response = getattr(error, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    if code in ("ResourceNotFound", "ObjectNotFoundException", "NoSuchEntity"):
+        return True
+    message = str(error).lower()
+    # SageMaker says "Could not find endpoint ..."; Application Auto Scaling "No scalable target"
+    gone = ("could not find", "does not exist", "not found", "no scalable target")
+    return code == "ValidationException" and any(text in message for text in gone)
+
+
+def teardown_endpoint(endpoint: Endpoint, clients: Any, *, wait: bool = True) -> list[str]:
+    """Delete a SageMaker endpoint, its autoscaling, endpoint config and model.
+
+    Whatever is already gone is skipped, so teardown can be run again safely.
+
+    Args:
+        endpoint: the ``Endpoint`` artifact the deployer recorded.
+        clients: an :class:`~pcamflow.sagemaker.clients.AwsClients`.
+        wait: wait until the endpoint is deleted before deleting its config.
+
+    Returns:
+        What was deleted, as ``"<kind> <name>"`` lines.
+
+    Raises:
+        AwsError: a deletion failed for another reason than the resource being gone.
+    """
+    if endpoint.backend != "sagemaker":
+        raise ConfigError(
+            f"endpoint {endpoint.name}: not a SageMaker endpoint ({endpoint.backend})"
+        )
+    sagemaker = clients.sagemaker
+    deleted: list[str] = []
+    steps: list[tuple[str, str | None, Callable[[str], Any]]] = [
+        ("autoscaling", endpoint.resources.get("autoscaling"), lambda rid: clients.client(
+            "application-autoscaling").deregister_scalable_target(
+                ServiceNamespace="sagemaker", ResourceId=rid,
+                ScalableDimension="sagemaker:variant:DesiredInstanceCount")),
+        ("endpoint", endpoint.name, lambda n: sagemaker.delete_endpoint(EndpointName=n)),
+        ("endpoint config", endpoint.resources.get("endpoint_config"),
+         lambda n: sagemaker.delete_endpoint_config(EndpointConfigName=n)),
+        ("model", endpoint.resources.get("model"), lambda n: sagemaker.delete_model(ModelName=n)),
+    ]
+    for kind, name, delete in steps:
+        if not name:
+            continue
+        try:
+            delete(name)
+        except Exception as error:  # botocore ClientError
+            if _not_found(error):
+                log.info("%s %s: already gone", kind, name)
+                continue
+            raise AwsError(f"cannot delete {kind} {name}: {error}") from None
+        deleted.append(f"{kind} {name}")
+        log.info("deleted %s %s", kind, name)
+        if kind == "endpoint" and wait:
+            _wait_deleted(sagemaker, name)
+    return deleted
+
+
+def _wait_deleted(sagemaker: Any, name: str) -> None:
+    try:
+        sagemaker.get_waiter("endpoint_deleted").wait(
+            EndpointName=name, WaiterConfig={"Delay": 15, "MaxAttempts": 120}
+        )
+    except Exception as error:  # botocore WaiterError: say so, go on with the rest
+        log.warning("endpoint %s: not confirmed deleted yet (%s)", name, error)

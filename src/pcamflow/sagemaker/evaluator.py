@@ -1,0 +1,233 @@
+"""The SageMaker evaluator: a batch transform over the test images, scored locally.
+
+The trained ``model.tar.gz`` becomes a SageMaker model; a batch transform job sends it each
+image of the evaluated split (listed in an S3 manifest file, so exactly the manifest's images)
+and writes one JSON list of class probabilities per image, at ``<output>/<relative key>.out``.
+Those are read back and scored by :mod:`pcamflow.evaluation`, the code the local evaluator
+uses, into the same ``metrics.json`` and report. The model is deleted afterwards.
+
+With ``aws.evaluate_via = "endpoint"`` the images are sent instead to the running endpoint
+``deploy.name`` (the SageMaker runtime's ``InvokeEndpoint``), one request each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pcamflow.artifacts import Evaluation, ImageDataset, Manifests, ModelArtifact
+from pcamflow.errors import AwsError, ConfigError
+from pcamflow.stages import Context, Evaluator
+
+__all__ = ["SageMakerEvaluator", "positive_score", "transform_input_manifest"]
+
+log = logging.getLogger(__name__)
+
+
+def positive_score(body: bytes | str, where: str) -> float:
+    """The class-1 probability in the algorithm's answer (a JSON list of probabilities)."""
+    try:
+        probabilities = json.loads(body)
+        return float(probabilities[1])
+    except (ValueError, TypeError, IndexError, KeyError):
+        shown = body[:80] if isinstance(body, str) else body[:80].decode(errors="replace")
+        raise AwsError(
+            f"{where}: expected a JSON list of two class probabilities, got {shown!r}"
+        ) from None
+
+
+def transform_input_manifest(refs: Sequence[str]) -> tuple[str, list[str]]:
+    """The S3 manifest file of a batch transform: the common prefix and relative keys.
+
+    Returns:
+        (prefix, relative keys), such that ``prefix + key`` is each ``s3://`` reference.
+    """
+    if not refs:
+        raise ConfigError("the evaluated manifest is empty")
+    if not all(r.startswith("s3://") for r in refs):
+        raise ConfigError(
+            "evaluator 'sagemaker' needs s3:// source-refs; set pipeline.manifest_builder = "
+            "'sagemaker'"
+        )
+    first = refs[0]
+    prefix = first[: first.rfind("/") + 1]
+    for ref in refs:
+        while not ref.startswith(prefix):
+            prefix = prefix[: prefix.rstrip("/").rfind("/") + 1]
+    if prefix.count("/") < 3:  # s3://bucket/ at least
+        raise ConfigError("the evaluated images are not all in one S3 bucket")
+    return prefix, [r[len(prefix):] for r in refs]
+
+
+class SageMakerEvaluator(Evaluator):
+    """Scores the model on SageMaker (batch transform or endpoint), reports locally.
+
+    Args:
+        progress: show progress.
+        ask: asks whether to stop the transform job on Ctrl-C.
+    """
+
+    def __init__(
+        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
+    ) -> None:
+        self.progress = progress
+        self.ask = ask
+
+    def validate(self, context: Context) -> None:
+        from pcamflow.sagemaker.trainer import check_aws
+
+        check_aws(context.settings)
+        if context.settings.evaluate.tta:
+            raise ConfigError(
+                "evaluate.tta: test-time augmentation is local-only; the built-in algorithm "
+                "scores each image once (set evaluate.tta = false, or evaluator = 'local')"
+            )
+
+    def run(self, context: Context) -> Evaluation:
+        from pcamflow.data.manifests import read_manifest
+        from pcamflow.sagemaker.clients import clients_for
+        from pcamflow.sagemaker.s3 import S3Uri, download_file
+
+        settings = context.settings
+        split = settings.evaluate.split
+        manifests = context.input(Manifests)
+        model = context.input(ModelArtifact)
+        clients = clients_for(context)
+        source = manifests.manifests.get(split)
+        if not source or not source.startswith("s3://"):
+            raise ConfigError(
+                f"manifests.{split}: evaluator 'sagemaker' needs the manifest in S3, got "
+                f"{source!r}; set pipeline.manifest_builder = 'sagemaker'"
+            )
+        local = download_file(
+            clients.s3, S3Uri.parse(source), context.stage_dir / f"{split}.manifest"
+        )
+        entries = read_manifest(local)
+        refs = [ref for ref, _ in entries]
+        labels = [label for _, label in entries]
+        if settings.aws.evaluate_via == "endpoint":
+            scores = self._via_endpoint(clients, settings.deploy.name, refs, settings.aws)
+        else:
+            scores = self._via_transform(context, clients, model, refs)
+        return _report(context, labels, scores, refs, model)
+
+    def _via_transform(
+        self, context: Context, clients: Any, model: ModelArtifact, refs: list[str]
+    ) -> list[float]:
+        from pcamflow.sagemaker import jobs
+        from pcamflow.sagemaker.clients import resolve
+        from pcamflow.sagemaker.hosting import model_request, transform_job_request
+        from pcamflow.sagemaker.requests import job_name
+        from pcamflow.sagemaker.s3 import run_prefix, upload_file
+
+        settings = context.settings
+        aws = settings.aws
+        if not model.uri.startswith("s3://"):
+            raise ConfigError(
+                f"model {model.uri}: evaluator 'sagemaker' needs a model in S3 "
+                "(trainer = 'sagemaker')"
+            )
+        resolved = resolve(clients, aws)
+        base = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
+            context.stage_name or "evaluate"
+        )
+        prefix, keys = transform_input_manifest(refs)
+        listing = context.stage_dir / "transform-input.manifest"
+        listing.write_text(json.dumps([{"prefix": prefix}, *keys]), encoding="utf-8")
+        input_uri = upload_file(clients.s3, listing, base.join("transform-input.manifest"),
+                                kms_key_id=aws.kms_key_id)
+        output = base.join("transform-output")
+        model_name = job_name(aws.prefix, "eval-model")
+        jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+        try:
+            request = transform_job_request(
+                job_name(aws.prefix, "eval"), model_name, str(input_uri), str(output), aws
+            )
+            job = jobs.create("transform", request, clients)
+            jobs.wait("transform", job, poll_s=aws.poll_s, progress=self.progress,
+                      **({"ask": self.ask} if self.ask else {}))
+        finally:
+            _delete_model(clients, model_name)
+        targets = [output.join(key + ".out") for key in keys]
+        return _read_scores(clients.s3, targets, aws.upload_workers, self.progress)
+
+    def _via_endpoint(self, clients: Any, endpoint: str, refs: list[str], aws: Any) -> list[float]:
+        from tqdm.auto import tqdm
+
+        from pcamflow.sagemaker.s3 import S3Uri, read_object
+
+        runtime = clients.client("sagemaker-runtime")
+
+        def score(ref: str) -> float:
+            body = read_object(clients.s3, S3Uri.parse(ref))
+            try:
+                answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=body,
+                                                 ContentType="application/x-image",
+                                                 Accept="application/json")
+            except Exception as error:  # botocore ClientError: ModelError, ValidationError
+                raise AwsError(f"endpoint {endpoint} failed on {ref}: {error}") from None
+            return positive_score(answer["Body"].read(), f"endpoint {endpoint} on {ref}")
+
+        with ThreadPoolExecutor(max_workers=min(8, aws.upload_workers)) as pool:
+            return list(tqdm(pool.map(score, refs), total=len(refs), desc=f"invoke {endpoint}",
+                             disable=None if self.progress else True))
+
+
+def _delete_model(clients: Any, name: str) -> None:
+    try:
+        clients.sagemaker.delete_model(ModelName=name)
+    except Exception as error:  # leave a note; the evaluation itself is done
+        log.warning("could not delete SageMaker model %s: %s", name, error)
+
+
+def _read_scores(s3: Any, targets: list[Any], workers: int, progress: bool) -> list[float]:
+    from tqdm.auto import tqdm
+
+    from pcamflow.sagemaker.s3 import read_object
+
+    def one(target: Any) -> float:
+        return positive_score(read_object(s3, target), str(target))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(one, targets), total=len(targets), desc="read predictions",
+                         disable=None if progress else True))
+
+
+def _report(
+    context: Context, labels: list[int], scores: list[float], refs: list[str],
+    model: ModelArtifact,
+) -> Evaluation:
+    from pcamflow.evaluation import evaluate_scores, flatten_metrics, write_report
+
+    settings = context.settings
+    document = evaluate_scores(
+        labels, scores, bootstrap=settings.evaluate.bootstrap, seed=settings.pipeline.seed,
+        info={"model": model.uri, "split": settings.evaluate.split, "backend": "sagemaker",
+              "training_job": model.job_name},
+    )
+    images = _local_images(context, refs)
+    report = write_report(
+        context.stage_dir / "report", labels=labels, scores=scores, image_paths=images,
+        metrics=document, title=f"pcamflow evaluation ({settings.evaluate.split}, SageMaker)",
+        top_errors=settings.evaluate.top_errors,
+    )
+    return Evaluation(
+        metrics=flatten_metrics(document),
+        report=str(report),
+        metrics_file=str(Path(report).parent / "metrics.json"),
+    )
+
+
+def _local_images(context: Context, refs: list[str]) -> list[str] | None:
+    """Local copies of the images, when the converter left them on this machine."""
+    dataset = context.optional_input(ImageDataset)
+    if dataset is None or not dataset.local_root or not dataset.root.startswith("s3://"):
+        return None
+    root = dataset.root.rstrip("/") + "/"
+    if not all(r.startswith(root) for r in refs):
+        return None
+    return [str(Path(dataset.local_root) / r[len(root):]) for r in refs]

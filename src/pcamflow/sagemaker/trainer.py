@@ -1,0 +1,131 @@
+"""The SageMaker trainer: a training job of the built-in Image Classification algorithm.
+
+The job reads the train and validation augmented manifests in Pipe mode, with the
+hyperparameter contract's strings (``num_training_samples`` from the train manifest's count;
+a tuning result's best values, when an earlier stage tuned). Local-only extensions (dihedral
+augmentation, stain jitter, local weights) cannot be honoured by the algorithm and are
+rejected in :meth:`SageMakerTrainer.validate` rather than dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pcamflow.artifacts import Manifests, ModelArtifact, TuningResult
+from pcamflow.errors import ConfigError
+from pcamflow.hyperparameters import Hyperparameters
+from pcamflow.stages import Context, Trainer
+
+__all__ = ["SageMakerTrainer", "check_no_extensions", "training_hyperparameters"]
+
+
+def check_no_extensions(settings: Any) -> None:
+    """Raise :class:`ConfigError` if ``[train.extensions]`` asks for local-only training."""
+    used = settings.train.extensions.non_default()
+    if used:
+        names = ", ".join(f"train.extensions.{k} = {v!r}" for k, v in sorted(used.items()))
+        raise ConfigError(
+            f"{names}: local-only extension(s) that SageMaker's built-in algorithm cannot "
+            "apply; remove them or use trainer = 'local'"
+        )
+
+
+def check_aws(settings: Any) -> None:
+    """Cheap checks of ``[aws]`` that the SageMaker stages share (no AWS call)."""
+    from pcamflow.sagemaker.requests import vpc_config
+
+    vpc_config(settings.aws)
+    if settings.aws.checkpoint_s3_uri and not settings.aws.use_spot:
+        raise ConfigError("aws.checkpoint_s3_uri: set, but aws.use_spot is false")
+
+
+def training_hyperparameters(
+    base: Hyperparameters, manifests: Manifests, tuning: TuningResult | None = None
+) -> dict[str, str]:
+    """The algorithm's strings for a job on ``manifests``, tuned values applied."""
+    hp = base
+    if tuning is not None:
+        tuned = {
+            k: v for k, v in tuning.best_hyperparameters.items() if k != "num_training_samples"
+        }
+        hp = base.with_values(**tuned)
+    count = manifests.counts.get("train")
+    if not count:
+        raise ConfigError("manifests: the train manifest's count is unknown or zero")
+    return hp.with_values(num_training_samples=count).to_sagemaker()
+
+
+class SageMakerTrainer(Trainer):
+    """Trains on SageMaker with the built-in Image Classification algorithm (Pipe mode).
+
+    Args:
+        progress: show the job's progress.
+        ask: asks whether to stop the job on Ctrl-C (default: on the terminal, if any).
+    """
+
+    def __init__(
+        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
+    ) -> None:
+        self.progress = progress
+        self.ask = ask
+
+    def validate(self, context: Context) -> None:
+        check_no_extensions(context.settings)
+        check_aws(context.settings)
+
+    def run(self, context: Context) -> ModelArtifact:
+        from pcamflow.sagemaker import jobs
+        from pcamflow.sagemaker.clients import clients_for, resolve
+        from pcamflow.sagemaker.requests import job_name, training_job_request
+        from pcamflow.sagemaker.s3 import run_prefix
+
+        settings = context.settings
+        aws = settings.aws
+        manifests = context.input(Manifests)
+        tuning = context.optional_input(TuningResult)
+        hyperparameters = training_hyperparameters(
+            settings.train.hyperparameters, manifests, tuning
+        )
+        clients = clients_for(context)
+        resolved = resolve(clients, aws)
+        output = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
+            context.stage_name or "train", "output"
+        )
+        request = training_job_request(
+            job_name(aws.prefix, "train"), hyperparameters, manifests.manifests, str(output),
+            aws, resolved,
+        )
+        job = jobs.attach_or_create("training", request, clients, context.stage_dir)
+        job = jobs.wait(
+            "training", job, poll_s=aws.poll_s, progress=self.progress,
+            describe=_last_metrics, **({"ask": self.ask} if self.ask else {}),
+        )
+        return ModelArtifact(
+            uri=_model_uri(job, output),
+            hyperparameters=dict(hyperparameters),
+            metrics=final_metrics(job),
+            job_name=str(job.training_job_name),
+        )
+
+
+def final_metrics(job: Any) -> dict[str, float]:
+    """The job's final metrics (``validation:accuracy``, ...), as SageMaker reports them."""
+    found = getattr(job, "final_metric_data_list", None)
+    if not isinstance(found, list):
+        return {}
+    return {str(m.metric_name): float(m.value) for m in found}
+
+
+def _last_metrics(job: Any) -> str:
+    metrics = final_metrics(job)
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def _model_uri(job: Any, output: Any) -> str:
+    artifacts = getattr(job, "model_artifacts", None)
+    uri = getattr(artifacts, "s3_model_artifacts", None)
+    if isinstance(uri, str) and uri.endswith(".tar.gz"):
+        return uri
+    # SageMaker's layout: <output path>/<job name>/output/model.tar.gz
+    return str(output.join(str(job.training_job_name), "output", "model.tar.gz"))

@@ -1,0 +1,164 @@
+"""The SageMaker tuner: a hyperparameter tuning job over the built-in algorithm.
+
+It searches the ``[tune.ranges]`` the local tuner searches, with the same strategies
+(Bayesian, Random, Hyperband, Grid), objective ``validation:accuracy`` (maximised), limits on
+jobs in all and at once, early stopping and warm start from an earlier tuning job. The
+:class:`~pcamflow.artifacts.TuningResult` holds the best training job's hyperparameters (the
+static ones plus the tuned ones) and a CSV of every trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pcamflow.artifacts import Manifests, TuningResult
+from pcamflow.errors import AwsError, ConfigError
+from pcamflow.hyperparameters import Hyperparameters
+from pcamflow.stages import Context, Tuner
+
+__all__ = ["SageMakerTuner", "best_of", "write_trials"]
+
+log = logging.getLogger(__name__)
+
+
+class SageMakerTuner(Tuner):
+    """Tunes on SageMaker with a hyperparameter tuning job.
+
+    Args:
+        progress: show jobs done and the best value so far.
+        ask: asks whether to stop the tuning job on Ctrl-C (default: on the terminal, if any).
+    """
+
+    def __init__(
+        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
+    ) -> None:
+        self.progress = progress
+        self.ask = ask
+
+    def validate(self, context: Context) -> None:
+        from pcamflow.sagemaker.trainer import check_aws, check_no_extensions
+
+        check_no_extensions(context.settings)
+        check_aws(context.settings)
+        if not context.settings.tune.ranges:
+            raise ConfigError("tune.ranges: the SageMaker tuner needs at least one range")
+
+    def run(self, context: Context) -> TuningResult:
+        from pcamflow.sagemaker import jobs
+        from pcamflow.sagemaker.clients import clients_for, resolve
+        from pcamflow.sagemaker.requests import job_name, tuning_job_request
+        from pcamflow.sagemaker.s3 import run_prefix
+        from pcamflow.sagemaker.trainer import training_hyperparameters
+
+        settings = context.settings
+        aws, tune = settings.aws, settings.tune
+        manifests = context.input(Manifests)
+        base = settings.train.hyperparameters
+        if tune.epochs is not None:
+            base = attrs.evolve(base, epochs=tune.epochs)
+        static = training_hyperparameters(base, manifests)
+        clients = clients_for(context)
+        resolved = resolve(clients, aws)
+        output = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
+            context.stage_name or "tune", "output"
+        )
+        request = tuning_job_request(
+            job_name(aws.prefix, "tune"), tune, static, manifests.manifests, str(output),
+            aws, resolved,
+        )
+        total = tune.max_jobs
+        job = jobs.attach_or_create("tuning", request, clients, context.stage_dir)
+        job = jobs.wait(
+            "tuning", job, poll_s=aws.poll_s, progress=self.progress,
+            describe=lambda j: _progress_text(j, total),
+            **({"ask": self.ask} if self.ask else {}),
+        )
+        best, value = best_of(job, static)
+        trials = write_trials(
+            clients, str(job.hyper_parameter_tuning_job_name), context.stage_dir / "trials.csv"
+        )
+        return TuningResult(
+            best_hyperparameters=best,
+            objective="validation:accuracy",
+            best_value=value,
+            trials=str(trials),
+            job_name=str(job.hyper_parameter_tuning_job_name),
+        )
+
+
+def _counters(job: Any) -> dict[str, int]:
+    counters = getattr(job, "training_job_status_counters", None)
+    if counters is None or not hasattr(counters, "completed"):
+        return {}
+    names = ("completed", "in_progress", "retryable_error", "non_retryable_error", "stopped")
+    return {n: int(v) for n in names if isinstance(v := getattr(counters, n, 0), int)}
+
+
+def _progress_text(job: Any, total: int) -> str:
+    counts = _counters(job)
+    done = sum(v for k, v in counts.items() if k != "in_progress")
+    text = f"jobs {done}/{total} ({counts.get('in_progress', 0)} running)"
+    best = getattr(job, "best_training_job", None)
+    metric = getattr(best, "final_hyper_parameter_tuning_job_objective_metric", None)
+    value = getattr(metric, "value", None)
+    if isinstance(value, int | float):
+        text += f" best validation:accuracy={value:.4f}"
+    return text
+
+
+def best_of(job: Any, static: dict[str, str]) -> tuple[dict[str, str], float | None]:
+    """The best training job's hyperparameters (static + tuned) and objective value.
+
+    Raises:
+        AwsError: the tuning job has no best training job (no trial reported the objective).
+    """
+    best = getattr(job, "best_training_job", None)
+    tuned = getattr(best, "tuned_hyper_parameters", None)
+    if not isinstance(tuned, dict):
+        raise AwsError(
+            f"tuning job {job.hyper_parameter_tuning_job_name} has no best training job: "
+            "no trial reported validation:accuracy"
+        )
+    # the tuner quotes categorical values in some versions ('"sgd"'): strip the quotes
+    merged = {**static, **{k: str(v).strip('"') for k, v in tuned.items()}}
+    Hyperparameters.from_sagemaker(merged)  # a value outside the contract is an error here
+    metric = getattr(best, "final_hyper_parameter_tuning_job_objective_metric", None)
+    value = getattr(metric, "value", None)
+    return merged, float(value) if isinstance(value, int | float) else None
+
+
+def write_trials(clients: Any, tuning_job: str, path: Path) -> Path:
+    """Write every training job of ``tuning_job`` (name, status, objective, values) as CSV."""
+    from pcamflow.pipeline import atomic_write
+
+    rows: list[dict[str, Any]] = []
+    try:
+        paginator = clients.sagemaker.get_paginator(
+            "list_training_jobs_for_hyper_parameter_tuning_job"
+        )
+        for page in paginator.paginate(HyperParameterTuningJobName=tuning_job):
+            for item in page.get("TrainingJobSummaries", []):
+                metric = item.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+                tuned = item.get("TunedHyperParameters", {})
+                rows.append({
+                    "training_job": item["TrainingJobName"],
+                    "status": item.get("TrainingJobStatus", ""),
+                    "validation:accuracy": metric.get("Value", ""),
+                    **{k: str(v).strip('"') for k, v in tuned.items()},
+                })
+    except Exception as error:  # botocore ClientError: report, keep the result
+        raise AwsError(f"cannot list the training jobs of {tuning_job}: {error}") from None
+    names = ["training_job", "status", "validation:accuracy"]
+    names += sorted({k for row in rows for k in row} - set(names))
+    with atomic_write(path, encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("%d trials of %s written to %s", len(rows), tuning_job, path)
+    return path

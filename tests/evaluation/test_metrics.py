@@ -1,0 +1,130 @@
+"""Metrics from labels and scores: agreement with scikit-learn, intervals, undefined values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pcamflow.errors import DataError
+from pcamflow.evaluation import (
+    METRIC_NAMES,
+    choose_threshold,
+    compute_metrics,
+    evaluate_scores,
+    flatten_metrics,
+)
+
+
+def noisy_scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    scores = np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1).round(3)  # ties on purpose
+    return labels, scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_point_metrics_agree_with_scikit_learn(seed, threshold):
+    labels, scores = noisy_scores(500, seed)
+    predicted = (scores >= threshold).astype(int)
+    m = compute_metrics(labels, scores, threshold=threshold, bootstrap=0)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, predicted))
+    assert m["recall"] == pytest.approx(skm.recall_score(labels, predicted))
+    assert m["f1"] == pytest.approx(skm.f1_score(labels, predicted))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, scores))
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(labels, scores))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(labels, scores))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(labels, scores))
+    assert m["confusion_matrix"] == skm.confusion_matrix(labels, predicted).tolist()
+    assert m["n"] == 500 and m["n_positive"] == int(labels.sum())
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_data():
+    small = compute_metrics(*noisy_scores(200, 0), bootstrap=300, seed=1)
+    large = compute_metrics(*noisy_scores(5000, 0), bootstrap=300, seed=1)
+    for m in (small, large):
+        for name in ("accuracy", "roc_auc"):
+            low, high = m[f"{name}_ci95"]
+            assert low <= m[name] <= high
+    width = lambda m, k: m[f"{k}_ci95"][1] - m[f"{k}_ci95"][0]  # noqa: E731
+    assert width(large, "accuracy") < width(small, "accuracy")
+    assert width(large, "roc_auc") < width(small, "roc_auc")
+    assert small["bootstrap"] == 300
+
+
+def test_bootstrap_is_repeatable_with_its_seed():
+    labels, scores = noisy_scores(300, 4)
+    first = compute_metrics(labels, scores, bootstrap=100, seed=7)
+    again = compute_metrics(labels, scores, bootstrap=100, seed=7)
+    assert first["roc_auc_ci95"] == again["roc_auc_ci95"]
+
+
+@pytest.mark.parametrize("only", [0, 1])
+def test_one_class_leaves_auc_undefined_without_crashing(only):
+    labels = np.full(20, only)
+    scores = np.linspace(0.05, 0.95, 20)
+    m = compute_metrics(labels, scores, bootstrap=50)
+    assert m["roc_auc"] is None and m["roc_auc_ci95"] is None
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["accuracy_ci95"] is not None
+    assert any("roc_auc" in note and "undefined" in note for note in m["notes"])
+    if only == 0:
+        assert m["recall"] is None and m["average_precision"] is None
+    else:
+        assert m["specificity"] is None
+
+
+def test_nothing_predicted_positive_leaves_precision_undefined():
+    m = compute_metrics([0, 1, 1], [0.1, 0.2, 0.3], bootstrap=0)
+    assert m["precision"] is None and m["recall"] == 0.0
+    assert any("precision is undefined" in note for note in m["notes"])
+
+
+@pytest.mark.parametrize(("labels", "scores", "pattern"), [
+    ([0, 1], [0.5], "differ in length"),
+    ([], [], "empty"),
+    ([0, 2], [0.1, 0.2], "must be 0 or 1; found 2"),
+    ([0, 1], [0.1, 1.2], r"probabilities in \[0, 1\]"),
+    ([0, 1], [0.1, float("nan")], "probabilities"),
+])
+def test_bad_input_is_a_data_error(labels, scores, pattern):
+    with pytest.raises(DataError, match=pattern):
+        compute_metrics(labels, scores)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_threshold_maximises_youdens_j(seed):
+    labels, scores = noisy_scores(300, seed)
+    chosen, _ = choose_threshold(labels, scores)
+
+    def youden(t):
+        predicted = scores >= t
+        return (predicted & (labels == 1)).sum() / labels.sum() - (
+            predicted & (labels == 0)).sum() / (labels == 0).sum()
+
+    assert youden(chosen) == pytest.approx(max(youden(t) for t in np.unique(scores)))
+
+
+def test_one_class_validation_keeps_the_threshold_at_one_half():
+    assert choose_threshold([1, 1, 1], [0.2, 0.4, 0.9])[0] == 0.5
+
+
+def test_the_document_sets_variants_side_by_side_and_flattens():
+    labels, scores = noisy_scores(200, 0)
+    valid_labels, valid_scores = noisy_scores(100, 1)
+    document = evaluate_scores(labels, scores, valid_labels=valid_labels,
+                               valid_scores=valid_scores, tta_scores=scores * 0.9,
+                               tta_valid_scores=valid_scores * 0.9, bootstrap=50,
+                               info={"split": "test"})
+    assert list(document["results"]) == ["plain@0.5", "plain@valid", "tta@0.5", "tta@valid"]
+    threshold = document["thresholds"]["plain"]["value"]
+    assert document["results"]["plain@valid"]["threshold"] == threshold
+    flat = flatten_metrics(document)
+    assert set(METRIC_NAMES) <= set(flat)
+    assert flat["plain@valid/accuracy"] == document["results"]["plain@valid"]["accuracy"]
+    assert flat["threshold/tta"] == document["thresholds"]["tta"]["value"]
+    assert flat["accuracy_ci95_low"] == document["results"]["plain@0.5"]["accuracy_ci95"][0]
+    assert all(v is None or isinstance(v, float) for v in flat.values())
+    assert document["info"] == {"split": "test"}
