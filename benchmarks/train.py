@@ -28,6 +28,7 @@ from PIL import Image
 from pcamflow.artifacts import Manifests
 from pcamflow.data.synth import write_synthetic_pcam
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.local.dataset import default_workers
 from pcamflow.local.models import build_model
 from pcamflow.local.trainer import train_model
 
@@ -82,7 +83,7 @@ def trainer_rate(hp: Hyperparameters, manifests: Manifests, workers: int, epochs
                           LocalExtensions(num_workers=workers, device="cpu"), out,
                           progress=False)
     n = (manifests.counts["train"] // hp.mini_batch_size) * hp.mini_batch_size
-    return n / outcome.history[-1]["time_s"]
+    return n / outcome.history[-1]["train_time_s"]  # training only, as the bare loop
 
 
 def main() -> None:
@@ -103,9 +104,11 @@ def main() -> None:
         for layers in args.layers:
             hp = Hyperparameters(num_layers=layers, mini_batch_size=args.batch,
                                  learning_rate=0.01, num_training_samples=args.images)
-            bare = bare_loop(hp, x, y, args.epochs)
-            ours = trainer_rate(hp, manifests, args.workers if args.workers is not None else 1,
-                                args.epochs, root / f"train{layers}")
+            workers = args.workers if args.workers is not None else default_workers()
+            # bare loop before and after the trainer: load from elsewhere drifts over time
+            before = bare_loop(hp, x, y, args.epochs)
+            ours = trainer_rate(hp, manifests, workers, args.epochs, root / f"train{layers}")
+            bare = (before + bare_loop(hp, x, y, args.epochs)) / 2
             print(f"resnet{layers} 96x96 batch {args.batch}: bare loop {bare:7.1f} img/s, "
                   f"trainer {ours:7.1f} img/s, ratio {ours / bare:.2f} (target >= 0.85)")
 

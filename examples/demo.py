@@ -23,7 +23,7 @@ from pcamflow import Pipeline, Registry, Settings
 from pcamflow.artifacts import Endpoint, Evaluation, Manifests
 from pcamflow.data.manifests import read_manifest, uri_to_path
 from pcamflow.data.synth import write_synthetic_pcam
-from pcamflow.evaluation import format_metrics
+from pcamflow.evaluation import format_metrics_table
 from pcamflow.stages import Context
 
 SIZES = {"train": 3000, "valid": 600, "test": 600}
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluation = next(a for a in result.artifacts.values() if isinstance(a, Evaluation))
     print("\ntest metrics:")
-    print(format_metrics(evaluation.metrics))
+    print(format_metrics_table(evaluation.metrics))
     print(f"report: {evaluation.report}")
 
     endpoint = next((a for a in result.artifacts.values() if isinstance(a, Endpoint)), None)

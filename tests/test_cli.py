@@ -80,3 +80,10 @@ def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "pcamflow"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "COMMAND" in out.stdout
+
+
+def test_a_run_that_would_spend_on_aws_needs_yes(capsys):
+    example = Path(__file__).parents[1] / "examples" / "sagemaker.toml"
+    assert main(["run", str(example)]) == 2
+    err = capsys.readouterr().err
+    assert "starts paid AWS resources" in err and "--yes" in err

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pcamflow.errors import PcamflowError, exit_code
+from pcamflow.errors import ConfigError, PcamflowError, exit_code
 
 __all__ = ["main"]
 
@@ -35,8 +35,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
+    services: dict[str, object] = {}
+    if "sagemaker" in settings.pipeline.stage_names().values():
+        from pcamflow.sagemaker.clients import services_for_settings
+        from pcamflow.sagemaker.plan import build_plan
+
+        if build_plan(settings).spends and not args.yes:
+            raise ConfigError(
+                f"{args.config}: this run starts paid AWS resources; see them with "
+                f"'pcamflow plan {args.config}' and re-run with --yes"
+            )
+        services = services_for_settings(settings)
     result = pipeline.run(
-        settings, force=args.force, from_stage=getattr(args, "from"), only=args.only
+        settings,
+        force=args.force,
+        from_stage=getattr(args, "from"),
+        only=args.only,
+        services=services,
     )
     print(f"run folder: {result.run_dir}")
     for name, record in result.records.items():
@@ -89,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run every stage, complete or not")
     p.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
     p.add_argument("--only", metavar="STAGE", help="run just this stage")
+    p.add_argument("--yes", action="store_true", help="allow a run that spends money on AWS")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a settings file without running anything")

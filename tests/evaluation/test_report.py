@@ -91,3 +91,17 @@ def test_degenerate_plots_still_draw(tmp_path):
     for name in ("none", "missing", "empty", "mixed"):
         with Image.open(tmp_path / f"{name}.png") as png:
             assert png.format == "PNG"
+
+
+def test_the_table_reads_the_flat_metrics_of_an_evaluation_artifact():
+    from pcamflow.evaluation import flatten_metrics
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 80)
+    scores = np.clip(0.4 * labels + 0.6 * rng.random(80), 0, 1)
+    document = evaluate_scores(labels, scores, valid_labels=labels, valid_scores=scores,
+                               tta_scores=scores, tta_valid_scores=scores, bootstrap=30)
+    full = format_metrics_table(document).splitlines()
+    flat = format_metrics_table(flatten_metrics(document)).splitlines()
+    # the same table, less the confusion matrices that the flat metrics do not keep
+    assert flat[:12] == [line for line in full if not line.startswith("tn fp")][:12]

@@ -117,11 +117,12 @@ def test_a_remote_or_missing_model_is_refused(tmp_path) -> None:
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path) -> None:
-    bad = tmp_path / "model.tar.gz"
-    bad.write_text("not an archive")
+    archive = make_archive(tmp_path / "model.tar.gz")
     with pytest.raises(EndpointError, match="exited before it was ready") as caught:
-        start_server(bad, log_dir=tmp_path / "deploy", timeout=120)
-    assert "not a readable model.tar.gz" in str(caught.value)  # the log's last lines
+        # an address of no interface here (TEST-NET-1): the bind fails
+        start_server(archive, host="192.0.2.1", log_dir=tmp_path / "deploy", timeout=120)
+    assert "cannot listen on 192.0.2.1" in str(caught.value)  # the log's last lines
+    assert not list((tmp_path / "deploy").glob("server.url"))
 
 
 def test_teardown_leaves_a_process_that_is_not_a_server_alone() -> None:

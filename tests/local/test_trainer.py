@@ -233,6 +233,7 @@ print("HISTORY", len(outcome.history))
 """
 
 
+@pytest.mark.slow
 def test_training_killed_with_sigkill_resumes_and_finishes(
     small_pcam: tuple[Manifests, dict], tmp_path: Path
 ) -> None:
@@ -264,6 +265,7 @@ def _colour_features(x: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels.mean(axis=(1, 2)), pixels.std(axis=(1, 2))], axis=1)
 
 
+@pytest.mark.slow
 def test_quality_beats_the_colour_baseline_on_synthetic_pcam(tmp_path: Path,
                                                               pcam_tools: tuple) -> None:
     synthetic_splits, write_manifests = pcam_tools

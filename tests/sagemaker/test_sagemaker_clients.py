@@ -64,6 +64,9 @@ def test_default_bucket_and_missing_role(aws: Any, tmp_path: Path) -> None:
     assert aws.default_bucket_name() == "sagemaker-eu-west-1-123456789012"
     assert aws.bucket(AwsSettings(), create=False) == "sagemaker-eu-west-1-123456789012"
     assert aws.bucket(AwsSettings(bucket="mine")) == "mine"
+    # as the SageMaker SDK does: the default bucket is made when missing
+    assert aws.bucket(AwsSettings()) == "sagemaker-eu-west-1-123456789012"
+    aws.s3.head_bucket(Bucket="sagemaker-eu-west-1-123456789012")
     with pytest.raises(ConfigError, match=r"aws\.role_arn"):
         aws.role_arn(AwsSettings())  # moto's caller is a user, not a SageMaker role
     assert set(services_for(aws)) == {"aws", "s3"}

@@ -9,7 +9,7 @@ import pytest
 from sm_helpers import BUCKET, ROLE, context_for, patch_answer, settings_for
 
 from pcamflow.artifacts import Endpoint, ModelArtifact
-from pcamflow.errors import ConfigError, JobFailedError
+from pcamflow.errors import AwsError, ConfigError, JobFailedError
 from pcamflow.sagemaker.deployer import SageMakerDeployer, teardown_endpoint
 
 MODEL = f"s3://{BUCKET}/pcamflow/run/train/output/job/output/model.tar.gz"
@@ -81,3 +81,13 @@ def test_autoscaling_below_the_initial_count_is_refused(aws: Any, tmp_path: Path
     context = context_for(settings, aws, "deploy", {"train": ModelArtifact(uri=MODEL)})
     with pytest.raises(ConfigError, match="autoscaling_max_instances"):
         SageMakerDeployer(progress=False).validate(context)
+
+
+def test_a_name_clash_fails_without_touching_the_live_endpoint(aws: Any, tmp_path: Path) -> None:
+    first, _ = _deploy(aws, tmp_path)
+    with pytest.raises(AwsError, match="pcam-detector already exists"):
+        _deploy(aws, tmp_path)
+    live = aws.sagemaker.describe_endpoint(EndpointName="pcam-detector")
+    assert live["EndpointConfigName"] == first.resources["endpoint_config"]
+    models = [m["ModelName"] for m in aws.sagemaker.list_models()["Models"]]
+    assert models == [first.resources["model"]]  # the second attempt made nothing

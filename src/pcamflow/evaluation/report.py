@@ -31,11 +31,31 @@ PREDICTIONS_FILE = "predictions.csv"
 
 
 def _document(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept either a full document or a single :func:`compute_metrics` result."""
+    """Accept a full document, one :func:`compute_metrics` result, or the flat metrics of an
+    ``Evaluation`` artifact (:func:`~pcamflow.evaluation.metrics.flatten_metrics`)."""
     if "results" in metrics:
         return dict(metrics)
-    return {"format": 1, "n": metrics.get("n"), "thresholds": {}, "info": {},
-            "results": {"plain@0.5": dict(metrics)}}
+    if "confusion_matrix" in metrics:
+        return {"format": 1, "n": metrics.get("n"), "thresholds": {}, "info": {},
+                "results": {"plain@0.5": dict(metrics)}}
+    results: dict[str, dict[str, Any]] = {}
+    thresholds: dict[str, Any] = {}
+    for key, value in metrics.items():
+        variant, _, name = key.rpartition("/")
+        if variant == "threshold":
+            thresholds[name] = {"value": value, "note": "chosen on the validation split"}
+            continue
+        results.setdefault(variant or "plain@0.5", {})[name] = value
+    for variant, result in results.items():
+        for name in ("accuracy_ci95", "roc_auc_ci95"):
+            low, high = result.pop(f"{name}_low", None), result.pop(f"{name}_high", None)
+            result[name] = [low, high] if low is not None and high is not None else None
+        base = variant.split("@")[0]
+        at_valid = variant.endswith("@valid") and base in thresholds
+        result["threshold"] = thresholds[base]["value"] if at_valid else 0.5
+    n = results.get("plain@0.5", {}).pop("n", None)
+    return {"format": 1, "n": int(n) if n is not None else None, "thresholds": thresholds,
+            "info": {}, "results": results}
 
 
 def _fmt(value: Any) -> str:
@@ -51,7 +71,9 @@ def metrics_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
     one row per metric, with the 95% interval beside accuracy and ROC AUC."""
     results = _document(metrics)["results"]
     header = ["metric", *results]
-    rows: list[list[str]] = [["threshold", *(_fmt(r["threshold"]) for r in results.values())]]
+    rows: list[list[str]] = [
+        ["threshold", *(_fmt(r.get("threshold")) for r in results.values())]
+    ]
     for name in METRIC_NAMES:
         cells = [name]
         for result in results.values():
@@ -61,10 +83,11 @@ def metrics_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
                 text += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
             cells.append(text)
         rows.append(cells)
-    rows.append(["tn fp / fn tp", *(
-        "{} {} / {} {}".format(*np.asarray(r["confusion_matrix"]).ravel())
-        for r in results.values()
-    )])
+    if all("confusion_matrix" in r for r in results.values()):
+        rows.append(["tn fp / fn tp", *(
+            "{} {} / {} {}".format(*np.asarray(r["confusion_matrix"]).ravel())
+            for r in results.values()
+        )])
     return header, rows
 
 

@@ -229,6 +229,7 @@ def run_training(
                     topk_correct += int((top == labels[:, None]).any(1).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         bar.close()
+        train_time = time.monotonic() - began
         metrics = {"train:accuracy": correct / max(seen, 1),
                    "train:cross_entropy": loss_sum / max(seen, 1)}
         if hp.top_k:
@@ -261,7 +262,8 @@ def run_training(
             say(f"Epoch[{epoch}] Early stopping: no improvement for {state['stale']} epochs")
             state["done"] = True
         state["history"].append({"epoch": epoch, "lr": lr if seen else hp.learning_rate,
-                                 "time_s": round(elapsed, 3), **metrics})
+                                 "time_s": round(elapsed, 3),
+                                 "train_time_s": round(train_time, 3), **metrics})
         state["epoch"] = epoch
         extra = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                  "aug_rng": aug_gen.get_state()}

@@ -112,6 +112,7 @@ def run_server(
     port: int = 8080,
     url_file: str | Path | None = None,
     log_level: str = "info",
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``app`` in this thread until interrupted (SIGINT or SIGTERM).
 
@@ -119,13 +120,15 @@ def run_server(
         app: the ASGI application.
         host: the address to bind.
         port: the port (0: a free one).
-        url_file: where to write the base URL once the socket is bound (what a parent
+        url_file: where to write the base URL once the app is about to serve (what a parent
             process waits for when it asked for port 0).
         log_level: uvicorn's log level.
+        sock: a socket bound already (by :func:`bind_socket`); ``host`` and ``port`` are
+            then not used.
     """
     import uvicorn
 
-    sock = bind_socket(host, port)
+    sock = sock if sock is not None else bind_socket(host, port)
     url = socket_url(sock)
     if url_file is not None:
         from pcamflow.pipeline import atomic_write
@@ -162,22 +165,28 @@ def serve_model(
             listens).
         EndpointError: the address cannot be bound.
     """
-    from pcamflow.local.model_io import load_model_archive
-    from pcamflow.local.server import create_app
+    # bind first: a taken port or a wrong address fails at once, before the slow imports
+    sock = bind_socket(host, port)
+    try:
+        from pcamflow.local.model_io import load_model_archive
+        from pcamflow.local.server import create_app
 
-    model = load_model_archive(archive)
-    if threads:
-        import torch
+        model = load_model_archive(archive)
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    log.info(
-        "loaded %s (%s, classes %s)", archive, model.meta.architecture, list(model.meta.classes)
-    )
-    app = create_app(
-        model,
-        name=name,
-        api_key=api_key,
-        max_batch_size=max_batch_size,
-        max_wait_ms=max_wait_ms,
-    )
-    run_server(app, host=host, port=port, url_file=url_file, log_level=log_level)
+            torch.set_num_threads(threads)
+        log.info(
+            "loaded %s (%s, classes %s)", archive, model.meta.architecture,
+            list(model.meta.classes),
+        )
+        app = create_app(
+            model,
+            name=name,
+            api_key=api_key,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+        )
+        run_server(app, url_file=url_file, log_level=log_level, sock=sock)
+    finally:
+        sock.close()

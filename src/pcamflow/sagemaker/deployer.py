@@ -69,36 +69,39 @@ class SageMakerDeployer(Deployer):
                 "(trainer = 'sagemaker')"
             )
         clients = clients_for(context)
+        _check_free(clients, deploy.name)
         resolved = resolve(clients, aws)
         model_name = job_name(deploy.name, "model")
         config_name = job_name(deploy.name, "config")
         resources = {"model": model_name, "endpoint_config": config_name}
-        endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
-                            resources=resources)
-        jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+        created: dict[str, str] = {}  # only what this run made is deleted if it fails
         try:
+            jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+            created["model"] = model_name
             jobs.create("endpoint_config", endpoint_config_request(
                 config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
             ), clients)
+            created["endpoint_config"] = config_name
             live = jobs.create("endpoint", endpoint_request(deploy.name, config_name, aws), clients)
+            created["endpoint"] = deploy.name
             jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
             scaling = _autoscale(clients, deploy, aws)
         except KeyboardInterrupt:
             ask = self.ask or jobs.ask_on_terminal
             if ask(f"Endpoint {deploy.name} is being created (and billed). Delete it?"):
-                teardown_endpoint(endpoint, clients, wait=False)
+                _delete_created(clients, created)
             else:
-                log.warning("endpoint %s left as it is; delete it with teardown_endpoint, or "
-                            "re-run and then `pcamflow teardown`", deploy.name)
+                log.warning("endpoint %s left as it is; created: %s", deploy.name, created)
             raise
         except Exception:
             # nothing half-made is left billing: a failed deploy deletes what it created
             log.warning("deploying %s failed; deleting what was created", deploy.name)
-            teardown_endpoint(endpoint, clients)
+            _delete_created(clients, created)
             raise
         if scaling:
-            endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
-                                resources={**resources, "autoscaling": scaling})
+            resources["autoscaling"] = scaling
+        endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
+                            resources=resources)
         log.info("endpoint %s is InService in %s", deploy.name, clients.region)
         return endpoint
 
@@ -106,6 +109,26 @@ class SageMakerDeployer(Deployer):
         from pcamflow.sagemaker.clients import clients_for
 
         teardown_endpoint(endpoint, clients_for(context))
+
+
+def _check_free(clients: Any, name: str) -> None:
+    """Refuse to deploy over an endpoint of the same name (it may be serving)."""
+    try:
+        found = clients.sagemaker.describe_endpoint(EndpointName=name)
+    except Exception as error:  # botocore ClientError: not found is what we want
+        if _not_found(error):
+            return
+        raise AwsError(f"cannot check whether endpoint {name} exists: {error}") from None
+    raise AwsError(
+        f"deploy.name: endpoint {name} already exists ({found.get('EndpointStatus')}); "
+        "tear it down first (pcamflow teardown) or choose another deploy.name"
+    )
+
+
+def _delete_created(clients: Any, created: dict[str, str]) -> None:
+    partial = Endpoint(name=created.get("endpoint", ""), backend="sagemaker",
+                       resources={k: v for k, v in created.items() if k != "endpoint"})
+    teardown_endpoint(partial, clients, wait="endpoint" in created)
 
 
 def _autoscale(clients: Any, deploy: Any, aws: Any) -> str | None:
