@@ -99,6 +99,7 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -109,6 +110,12 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[A
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_run_record(run_dir: str | Path) -> dict[str, StageRecord]:

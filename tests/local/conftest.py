@@ -54,5 +54,5 @@ def small_pcam(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifests, dic
 
 @pytest.fixture(scope="session")
 def pcam_tools():
-    """The helpers above, for tests that make their own data: (synthetic_splits, write_manifests)."""
+    """The helpers above, for tests that make their own data."""
     return synthetic_splits, write_manifests

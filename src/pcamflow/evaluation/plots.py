@@ -210,5 +210,8 @@ def plot_tuning_history(
         _undefined(ax, "no trials")
     elif ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=objective, title="Tuning: objective by trial")
     return _save(figure, path)

@@ -171,8 +171,8 @@ def write_report(
         out_dir: the folder to write into (created if needed).
         labels: test labels (0/1).
         scores: test probabilities of class 1 (plain prediction).
-        image_paths: local image paths in the order of ``labels`` (None or unreadable paths:
-            the montages show placeholders).
+        image_paths: local image paths in the order of ``labels`` (None: no montages;
+            an unreadable path shows a placeholder).
         metrics: the document of :func:`~pcamflow.evaluation.metrics.evaluate_scores` (or a
             single :func:`~pcamflow.evaluation.metrics.compute_metrics` result).
         tta_scores: test probabilities with test-time augmentation, drawn beside the plain ones.
@@ -203,9 +203,8 @@ def write_report(
         })),
         ("Calibration", plots.plot_calibration(out / "calibration.png", curves)),
     ]
-    if top_errors > 0:
-        paths = list(image_paths) if image_paths is not None else [""] * len(y)
-        errors = _top_errors(y, p, paths, top_errors)
+    if top_errors > 0 and image_paths is not None:
+        errors = _top_errors(y, p, list(image_paths), top_errors)
         for kind, items in errors.items():
             heading = f"Most confident {kind.replace('_', ' ')} (plain, threshold 0.5)"
             images.append((heading, plots.plot_montage(out / f"{kind}.png", items, heading)))
