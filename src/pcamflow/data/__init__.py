@@ -1,0 +1,1 @@
+"""PCam data: HDF5 reading, synthetic PCam, JPEG conversion, manifests, exploration."""

@@ -1,0 +1,142 @@
+"""HDF5 -> JPEG conversion: output, resumption, bad input, and a real SIGKILL mid-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _pcam_cases as bad
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pcamflow.data._files import pcam_name
+from pcamflow.data.convert import convert_pcam
+from pcamflow.data.synth import write_synthetic_pcam
+from pcamflow.errors import DataError
+
+
+def _labels(source: Path, split: str) -> np.ndarray:
+    with h5py.File(source / pcam_name(split, "y"), "r") as f:
+        return f["y"][...].reshape(-1)
+
+
+def _jpegs(root: Path) -> dict[str, int]:
+    """Relative path -> size of every complete JPEG under ``root``; each must decode."""
+    found = {}
+    for path in sorted(root.rglob("*.jpg")):
+        with Image.open(path) as image:
+            image.load()
+            assert image.size == (96, 96) and image.mode == "RGB"
+        found[str(path.relative_to(root))] = path.stat().st_size
+    return found
+
+
+def test_converts_every_patch_into_its_label_folder(pcam_dir: Path, tmp_path: Path) -> None:
+    dataset = convert_pcam(pcam_dir, tmp_path / "images", workers=2, progress=False)
+    root = Path(dataset.root)
+    for split, n in (("train", 64), ("valid", 32), ("test", 32)):
+        labels = _labels(pcam_dir, split)
+        ones = int(labels.sum())
+        assert dataset.counts[split] == {"0": n - ones, "1": ones}
+        for index in (0, n // 2, n - 1):
+            path = root / split / str(labels[index]) / f"{split}_{index:06d}.jpg"
+            with Image.open(path) as image:
+                assert image.format == "JPEG"
+    assert len(_jpegs(root)) == 128 and dataset.total() == 128
+    assert not list(root.rglob("*.partial"))
+
+
+def test_rerun_skips_complete_files_and_fills_gaps(pcam_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    removed = sorted(before)[:5]
+    for path in removed:
+        path.unlink()
+    leftover = removed[0].with_name(f".{removed[0].name}.999.partial")
+    leftover.write_bytes(b"\xff\xd8 half a jpeg")
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    assert set(after) == set(before)
+    assert all(after[p] == before[p] for p in before if p not in removed)  # untouched
+    assert not leftover.exists()
+
+
+def test_quality_setting_changes_the_jpeg(pcam_dir: Path, tmp_path: Path) -> None:
+    low = convert_pcam(pcam_dir, tmp_path / "q20", splits=["test"], quality=20, workers=1,
+                       progress=False)
+    high = convert_pcam(pcam_dir, tmp_path / "q95", splits=["test"], workers=1, progress=False)
+    assert sum(_jpegs(Path(low.root)).values()) < sum(_jpegs(Path(high.root)).values())
+    with pytest.raises(DataError, match="quality: 0"):
+        convert_pcam(pcam_dir, tmp_path / "q0", quality=0, progress=False)
+
+
+@pytest.mark.parametrize("case", sorted(bad.CASES))
+def test_bad_input_names_the_fault_and_loses_nothing(case: str, pcam_dir: Path,
+                                                     tmp_path: Path) -> None:
+    source = bad.copy_pcam(pcam_dir, tmp_path / "pcam")
+    out = tmp_path / "images"
+    convert_pcam(source, out, splits=["train"], workers=1, progress=False)
+    before = _jpegs(out)
+    expected = bad.CASES[case](source)  # the valid split is damaged
+    with pytest.raises(DataError) as error:
+        convert_pcam(source, out, workers=1, progress=False)
+    for part in expected:
+        assert part in str(error.value), (case, str(error.value))
+    assert _jpegs(out) == before
+
+
+def test_unwritable_output_folder(pcam_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["test"], workers=1, progress=False)
+    before = _jpegs(out)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=r"a-file.*not writable"):
+        convert_pcam(pcam_dir, blocker / "images", progress=False)
+    if os.geteuid() != 0:  # permissions do not bind root
+        (out / "valid").mkdir()
+        (out / "valid").chmod(0o500)
+        try:
+            with pytest.raises(DataError, match=r"valid.*not writable"):
+                convert_pcam(pcam_dir, out, progress=False)
+        finally:
+            (out / "valid").chmod(0o700)
+    assert _jpegs(out) == before
+
+
+def test_sigkill_mid_conversion_then_rerun_completes(tmp_path: Path) -> None:
+    source = tmp_path / "pcam"
+    write_synthetic_pcam(source, train=1200, valid=0, test=0, seed=5, progress=False)
+    out = tmp_path / "images"
+    command = [sys.executable, "-m", "pcamflow.cli", "-q", "convert", str(source), str(out),
+               "--splits", "train", "--workers", "2", "--no-verify"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if sum(1 for _ in out.rglob("*.jpg")) >= 150:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "conversion ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)  # the command and its worker processes
+    process.wait()
+    time.sleep(0.2)
+    partial = _jpegs(out)  # every complete-named file decodes: no half-written JPEG
+    assert 150 <= len(partial) < 1200
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    final = _jpegs(out)
+    labels = _labels(source, "train")
+    assert len(final) == 1200
+    for label in ("0", "1"):
+        names = {Path(p).name for p in final if p.startswith(f"train/{label}/")}
+        expected = {f"train_{i:06d}.jpg" for i in np.flatnonzero(labels == int(label))}
+        assert names == expected
+    assert not list(out.rglob("*.partial"))

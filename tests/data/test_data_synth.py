@@ -1,0 +1,110 @@
+"""Synthetic PCam: layout, determinism, balance, and that it is a real learning task."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pcamflow.data.synth import write_synthetic_pcam
+from pcamflow.errors import DataError
+
+PREFIX = "camelyonpatch_level_2_split"
+
+
+def _load(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(folder / f"{PREFIX}_{split}_x.h5", "r") as fx, \
+            h5py.File(folder / f"{PREFIX}_{split}_y.h5", "r") as fy:
+        return fx["x"][...], fy["y"][...]
+
+
+def test_files_are_laid_out_like_pcam(pcam_dir: Path) -> None:
+    names = sorted(p.name for p in pcam_dir.iterdir())
+    assert names == sorted(
+        f"{PREFIX}_{split}_{key}" for split in ("train", "valid", "test")
+        for key in ("x.h5", "y.h5", "meta.csv")
+    )
+    for split, n in (("train", 64), ("valid", 32), ("test", 32)):
+        with h5py.File(pcam_dir / f"{PREFIX}_{split}_x.h5", "r") as fx, \
+                h5py.File(pcam_dir / f"{PREFIX}_{split}_y.h5", "r") as fy:
+            assert list(fx.keys()) == ["x"] and list(fy.keys()) == ["y"]
+            assert fx["x"].shape == (n, 96, 96, 3) and fx["x"].dtype == np.uint8
+            assert fy["y"].shape == (n, 1, 1, 1) and fy["y"].dtype == np.uint8
+            y = fy["y"][...].reshape(-1)
+        assert set(np.unique(y)) == {0, 1} and int(y.sum()) == n // 2  # balanced
+        with open(pcam_dir / f"{PREFIX}_{split}_meta.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == ["", "coord_y", "coord_x", "tumor_patch", "center_tumor_patch",
+                                 "wsi"]
+        assert [r["center_tumor_patch"] == "True" for r in rows] == [bool(v) for v in y]
+
+
+def test_same_seed_same_bytes_other_seed_other_patches(tmp_path: Path) -> None:
+    a = write_synthetic_pcam(tmp_path / "a", train=300, valid=0, test=0, seed=7, progress=False)
+    b = write_synthetic_pcam(tmp_path / "b", train=300, valid=0, test=0, seed=7, progress=False)
+    c = write_synthetic_pcam(tmp_path / "c", train=300, valid=0, test=0, seed=8, progress=False)
+    assert set(a) == {"train_x", "train_y", "train_meta"}  # empty splits are not written
+    xa, ya = _load(tmp_path / "a", "train")
+    xb, yb = _load(tmp_path / "b", "train")
+    xc, _ = _load(tmp_path / "c", "train")
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+    assert a["train_meta"].read_bytes() == b["train_meta"].read_bytes()
+    assert not np.array_equal(xa, xc) and c["train_x"].exists()
+    assert len({p.tobytes() for p in xa}) == 300  # no duplicate patches
+
+
+def test_gzip_writes_what_pcam_ships(tmp_path: Path) -> None:
+    plain = write_synthetic_pcam(tmp_path / "p", train=0, valid=10, test=0, progress=False)
+    zipped = write_synthetic_pcam(tmp_path / "z", train=0, valid=10, test=0, gzip=True,
+                                  progress=False)
+    assert zipped["valid_x"].name == f"{PREFIX}_valid_x.h5.gz"
+    assert not (tmp_path / "z" / f"{PREFIX}_valid_x.h5").exists()
+    assert gzip.decompress(zipped["valid_x"].read_bytes()) == plain["valid_x"].read_bytes()
+
+
+def test_negative_count_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="valid: -1"):
+        write_synthetic_pcam(tmp_path, train=1, valid=-1, test=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = tmp_path_factory.mktemp("task")
+    write_synthetic_pcam(out, train=600, valid=0, test=400, seed=11, progress=False)
+    return {split: _load(out, split) for split in ("train", "test")}
+
+
+def test_whole_patch_colour_statistics_do_not_give_the_label_away(task: dict) -> None:
+    def features(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=1)
+
+    (x_train, y_train), (x_test, y_test) = task["train"], task["test"]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(features(x_train), y_train.reshape(-1))
+    auc = roc_auc_score(y_test.reshape(-1), model.predict_proba(features(x_test))[:, 1])
+    assert auc <= 0.75
+
+
+def test_the_label_is_about_the_centre(task: dict) -> None:
+    x, y = task["test"]
+    y = y.reshape(-1).astype(bool)
+    # tumour-like nuclei are dark: the centre square is darker in positives...
+    centre = x[:, 32:64, 32:64].astype(np.float32).mean(axis=(1, 2, 3))
+    assert roc_auc_score(y, -centre) >= 0.95
+    # ...and tumour-like cells lie outside the centre in every negative and in most positives
+    dark = x.astype(np.int16).sum(axis=-1) < 3 * 110
+    assert dark[~y, 32:64, 32:64].sum(axis=(1, 2)).max() < 10
+    outside = dark.copy()
+    outside[:, 28:68, 28:68] = False  # leave out the fringe of a centre cluster
+    clusters_outside = outside.sum(axis=(1, 2)) > 40
+    assert clusters_outside[~y].all() and clusters_outside[y].mean() >= 0.5
