@@ -39,7 +39,9 @@ class FileManifests(ManifestBuilder):
         line = {"source-ref": f"file://{images.root}/train/0/train_000000.jpg", "class": "0"}
         with atomic_write(path) as handle:
             handle.write(json.dumps(line) + "\n")
-        return Manifests(manifests={"train": str(path)}, counts={"train": 1}, image_root=images.root)
+        return Manifests(
+            manifests={"train": str(path)}, counts={"train": 1}, image_root=images.root
+        )
 
 
 class FlakyTrainer(Trainer):

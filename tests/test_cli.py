@@ -41,15 +41,19 @@ def test_debug_shows_the_traceback(tmp_path):
     path = write(tmp_path, "[train]\nnum_layers = 19\n")
     out = subprocess.run(
         [sys.executable, "-m", "pcamflow.cli", "--debug", "validate", str(path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode != 0
     assert "Traceback" in out.stderr and "HyperparameterError" in out.stderr
 
 
 def test_an_unknown_stage_name_is_a_usage_error(tmp_path, capsys):
-    path = write(tmp_path, '[pipeline]\nconverter = "example.solid"\nmanifest_builder = "none"\n'
-                           'trainer = "mypkg.nothing"\n')
+    path = write(
+        tmp_path,
+        '[pipeline]\nconverter = "example.solid"\nmanifest_builder = "none"\n'
+        'trainer = "mypkg.nothing"\n',
+    )
     assert main(["validate", str(path)]) == 2
     assert "trainer 'mypkg.nothing' is not registered" in capsys.readouterr().err
 
@@ -59,9 +63,12 @@ def test_stages_lists_name_kind_class_and_distribution(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["NAME", "KIND", "CLASS", "DISTRIBUTION"]
     row = next(line for line in out.splitlines() if line.startswith("example.solid"))
-    assert row.split() == ["example.solid", "converter",
-                           "pcamflow_example_plugin:SolidColourConverter",
-                           "pcamflow-example-plugin"]
+    assert row.split() == [
+        "example.solid",
+        "converter",
+        "pcamflow_example_plugin:SolidColourConverter",
+        "pcamflow-example-plugin",
+    ]
 
 
 def test_run_runs_a_plugin_stage_then_resumes(tmp_path, capsys):

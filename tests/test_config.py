@@ -12,28 +12,48 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"train": {"num_layers": 19}},
-         "train.num_layers: 19 is not one of 18, 20, 32, 34, 44, 50, 56, 101, 110, 152, 200"),
+        (
+            {"train": {"num_layers": 19}},
+            "train.num_layers: 19 is not one of 18, 20, 32, 34, 44, 50, 56, 101, 110, 152, 200",
+        ),
         ({"train": {"epochs": "ten"}}, "train.epochs: expected an integer, got 'ten'"),
         ({"train": {"learning_rate": 1.5}}, "train.learning_rate: 1.5 is outside (0.0, 1.0]"),
         ({"train": {"optimizer": "lbfgs"}}, "train.optimizer: 'lbfgs' is not one of sgd"),
-        ({"train": {"extensions": {"dihedrl": True}}},
-         "train.extensions.dihedrl: unknown setting; did you mean 'dihedral'?"),
+        (
+            {"train": {"extensions": {"dihedrl": True}}},
+            "train.extensions.dihedrl: unknown setting; did you mean 'dihedral'?",
+        ),
         ({"trian": {}}, "trian: unknown setting; did you mean 'train'?"),
         ({"convert": {"quality": 0}}, "convert.quality: 0 is outside 1..100"),
         ({"convert": {"quality": True}}, "convert.quality: expected an integer, got True"),
         ({"pipeline": {"seed": 1.5}}, "pipeline.seed: expected an integer, got 1.5"),
-        ({"data": {"splits": ["train", "holdout"]}}, "data.splits: ('train', 'holdout') must be a non-empty list"),
+        (
+            {"data": {"splits": ["train", "holdout"]}},
+            "data.splits: ('train', 'holdout') must be a non-empty list",
+        ),
         ({"deploy": {"port": 70000}}, "deploy.port: 70000 is not a port"),
-        ({"tune": {"max_jobs": 2, "max_parallel_jobs": 3}},
-         "tune.max_parallel_jobs: 3 is greater than max_jobs (2)"),
-        ({"tune": {"ranges": {"optimizer": {"type": "categorical", "values": ["sgd", "foo"]}}}},
-         "tune.ranges.optimizer: range value 'foo' is invalid"),
-        ({"tune": {"ranges": {"momentum": {"type": "continuous", "min_value": 0.9,
-                                            "max_value": 0.1}}}},
-         "tune.ranges.momentum.min_value: 0.9 is greater than max_value 0.1"),
-        ({"train": {"epochs": 4, "checkpoint_frequency": 5}},
-         "train.checkpoint_frequency: 5 is greater than epochs (4)"),
+        (
+            {"tune": {"max_jobs": 2, "max_parallel_jobs": 3}},
+            "tune.max_parallel_jobs: 3 is greater than max_jobs (2)",
+        ),
+        (
+            {"tune": {"ranges": {"optimizer": {"type": "categorical", "values": ["sgd", "foo"]}}}},
+            "tune.ranges.optimizer: range value 'foo' is invalid",
+        ),
+        (
+            {
+                "tune": {
+                    "ranges": {
+                        "momentum": {"type": "continuous", "min_value": 0.9, "max_value": 0.1}
+                    }
+                }
+            },
+            "tune.ranges.momentum.min_value: 0.9 is greater than max_value 0.1",
+        ),
+        (
+            {"train": {"epochs": 4, "checkpoint_frequency": 5}},
+            "train.checkpoint_frequency: 5 is greater than epochs (4)",
+        ),
         ({"pipeline": "run"}, "pipeline: expected a table, got 'run'"),
     ],
 )
@@ -80,10 +100,18 @@ def test_to_dict_round_trips():
     settings = Settings.from_dict(
         {
             "train": {"num_layers": 20, "lr_scheduler_step": "2,4", "epochs": 6},
-            "tune": {"strategy": "Random", "ranges": {
-                "learning_rate": {"type": "continuous", "min_value": 1e-4, "max_value": 0.1,
-                                  "scaling": "Logarithmic"},
-                "optimizer": {"type": "categorical", "values": ["sgd", "adam"]}}},
+            "tune": {
+                "strategy": "Random",
+                "ranges": {
+                    "learning_rate": {
+                        "type": "continuous",
+                        "min_value": 1e-4,
+                        "max_value": 0.1,
+                        "scaling": "Logarithmic",
+                    },
+                    "optimizer": {"type": "categorical", "values": ["sgd", "adam"]},
+                },
+            },
             "aws": {"tags": {"project": "pcam"}, "subnets": ["subnet-1"]},
         }
     )
@@ -100,4 +128,6 @@ def test_the_configuration_reference_is_current():
     from pcamflow._reference import settings_reference
 
     current = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
-    assert current == settings_reference(), "run: python -m pcamflow._reference > docs/configuration.md"
+    assert current == settings_reference(), (
+        "run: python -m pcamflow._reference > docs/configuration.md"
+    )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import attrs
 import pytest
-from _stages import FileConverter, FileManifests, FlakyTrainer, calls, pipeline
 
+from _stages import FileConverter, FileManifests, FlakyTrainer, calls, pipeline
 from pcamflow import Pipeline, Settings
 from pcamflow.artifacts import ModelArtifact
 from pcamflow.errors import MissingInputError, PipelineDefinitionError, StageNameNotUniqueError
@@ -89,7 +89,9 @@ def test_a_real_process_interrupted_with_ctrl_c_records_interrupted(settings, tm
     proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        records = read_run_record(settings.run_dir) if (settings.run_dir / "run.json").exists() else {}
+        records = (
+            read_run_record(settings.run_dir) if (settings.run_dir / "run.json").exists() else {}
+        )
         if "train" in records and records["train"].status == "running":
             break
         time.sleep(0.1)
@@ -170,7 +172,9 @@ def test_a_stage_returning_the_wrong_artifact_fails_clearly(settings):
             return context.input(FileConverter.produces)
 
     steps = [("convert", FileConverter()), ("manifests", FileManifests()), ("train", Wrong())]
-    with pytest.raises(PipelineDefinitionError, match="returned ImageDataset, expected ModelArtifact"):
+    with pytest.raises(
+        PipelineDefinitionError, match="returned ImageDataset, expected ModelArtifact"
+    ):
         Pipeline(steps).run(settings)
     assert read_run_record(settings.run_dir)["train"].status == "failed"
 

@@ -7,8 +7,22 @@ import pcamflow.errors
 
 def test_all_lists_exactly_the_public_names():
     public = {name for name in dir(pcamflow) if not name.startswith("_")}
-    modules = {"artifacts", "config", "errors", "hyperparameters", "pipeline", "registry",
-               "stages", "data", "commands", "cli", "testing", "evaluation", "local", "sagemaker"}
+    modules = {
+        "artifacts",
+        "config",
+        "errors",
+        "hyperparameters",
+        "pipeline",
+        "registry",
+        "stages",
+        "data",
+        "commands",
+        "cli",
+        "testing",
+        "evaluation",
+        "local",
+        "sagemaker",
+    }
     assert set(pcamflow.__all__) - {"__version__"} == public - modules
     for name in pcamflow.__all__:
         assert getattr(pcamflow, name) is not None
@@ -26,7 +40,8 @@ def test_the_core_imports_neither_torch_nor_the_sagemaker_sdk():
         "import sys, pcamflow, pcamflow.cli, pcamflow.registry, pcamflow.testing\n"
         "from pcamflow.registry import Registry\n"
         "Registry.from_entry_points()\n"
-        "heavy = [m for m in ('torch', 'sagemaker', 'boto3', 'optuna', 'fastapi') if m in sys.modules]\n"
+        "names = ('torch', 'sagemaker', 'boto3', 'optuna', 'fastapi')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -28,7 +28,7 @@ def test_a_broken_plugin_is_reported_by_name_and_the_others_still_load():
 
 def test_a_duplicate_name_raises_naming_both_sides():
     registry = Registry.from_entry_points()
-    with pytest.raises(DuplicateStageError, match="converter.example.solid: registered twice"):
+    with pytest.raises(DuplicateStageError, match=r"converter\.example\.solid: registered twice"):
         registry.load_entry_points("pcamflow.stages.test_duplicates")
 
 
@@ -47,8 +47,10 @@ def test_registering_in_code():
 
 def test_unknown_names_list_what_is_registered():
     registry = Registry.from_entry_points()
-    with pytest.raises(RegistryError, match="converter 'nope' is not registered; registered "
-                                            "converters: .*example.solid"):
+    with pytest.raises(
+        RegistryError,
+        match=r"converter 'nope' is not registered; registered converters: .*example\.solid",
+    ):
         registry.get("converter", "nope")
     with pytest.raises(RegistryError, match="'painter' is not a stage kind"):
         registry.get("painter", "local")

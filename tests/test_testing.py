@@ -1,7 +1,7 @@
 import pytest
-from _stages import FileConverter, FileManifests
 from pcamflow_example_plugin import SolidColourConverter
 
+from _stages import FileConverter, FileManifests
 from pcamflow import Settings
 from pcamflow.artifacts import ImageDataset, ModelArtifact
 from pcamflow.stages import Context, Stage, Trainer
@@ -10,8 +10,9 @@ from pcamflow.testing import StageContractError, check_stage
 
 def test_a_good_stage_passes_and_runs_in_a_context(tmp_path):
     settings = Settings.from_dict({"pipeline": {"run_dir": str(tmp_path)}})
-    context = Context(settings=settings, run_dir=tmp_path, stage_dir=tmp_path / "convert",
-                      stage_name="convert")
+    context = Context(
+        settings=settings, run_dir=tmp_path, stage_dir=tmp_path / "convert", stage_name="convert"
+    )
     artifact = check_stage(SolidColourConverter, context=context, per_class=2)
     assert isinstance(artifact, ImageDataset)
     assert artifact.total() == 2 * 2 * 3

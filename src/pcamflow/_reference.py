@@ -19,12 +19,13 @@ HYPERPARAMETER_HELP = {
     "num_classes": "Output classes (2 for PCam).",
     "num_training_samples": "Training images; filled from the train manifest's count.",
     "image_shape": "`channels,height,width` of the network input.",
-    "num_layers": "ResNet depth: 18, 34, 50, 101, 152, 200, or the small-image 20, 32, 44, 56, 110.",
+    "num_layers": "ResNet depth: 18, 34, 50, 101, 152, 200, "
+    "or the small-image 20, 32, 44, 56, 110.",
     "epochs": "Training epochs.",
     "mini_batch_size": "Images per training batch.",
     "learning_rate": "Initial learning rate, in (0, 1].",
     "lr_scheduler_step": "Epochs at which the learning rate is multiplied by "
-                         "`lr_scheduler_factor`, e.g. `\"10,20\"`.",
+    '`lr_scheduler_factor`, e.g. `"10,20"`.',
     "lr_scheduler_factor": "Factor applied at each `lr_scheduler_step`.",
     "optimizer": "`sgd`, `adam`, `rmsprop` or `nag`.",
     "momentum": "Momentum of `sgd` and `nag`.",
@@ -42,7 +43,8 @@ HYPERPARAMETER_HELP = {
     "early_stopping_tolerance": "Relative improvement that counts as improvement.",
     "checkpoint_frequency": "Save a checkpoint every N epochs (unset: the best epoch).",
     "precision_dtype": "`float32` or `float16` (mixed precision).",
-    "use_pretrained_model": "1: start from pretrained weights (offline: `extensions.weights_file`).",
+    "use_pretrained_model": "1: start from pretrained weights "
+    "(offline: `extensions.weights_file`).",
     "use_weighted_loss": "1: weight the loss by inverse class frequency.",
     "multi_label": "1: multi-label classification.",
     "kv_store": "Distributed training's key-value store: `dist_sync` or `dist_async`.",
@@ -96,15 +98,20 @@ def _table(title: str, cls: type, help_: dict[str, str] | None = None) -> list[s
     summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
     summary = re.sub(r"^``\[[\w.]+\]``(, ``\[[\w.]+\]``)*: ", "", summary).replace("``", "`")
     summary = summary[:1].upper() + summary[1:]
-    lines = [f"## `{title}`", "", summary, "", "| key | type | default | meaning |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"## `{title}`",
+        "",
+        summary,
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
     for field in attrs.fields(cls):
         if attrs.has(hints[field.name]):
             continue
         meaning = docs.get(field.name, "").replace("|", "\\|").replace("``", "`")
         kind = _type_name(hints[field.name]).replace("|", "\\|")
-        lines.append(f"| `{field.name}` | `{kind}` | "
-                     f"`{_default(field)}` | {meaning} |")
+        lines.append(f"| `{field.name}` | `{kind}` | `{_default(field)}` | {meaning} |")
     return [*lines, ""]
 
 
@@ -131,8 +138,11 @@ def settings_reference() -> str:
     lines += _table("[tune.ranges.NAME]", TuningRange)
     lines += _table("[train]", Hyperparameters, HYPERPARAMETER_HELP)
     lines += _table("[train.extensions]", LocalExtensions)
-    for title, cls in [("[evaluate]", config.EvaluateSettings), ("[deploy]", config.DeploySettings),
-                       ("[aws]", config.AwsSettings)]:
+    for title, cls in [
+        ("[evaluate]", config.EvaluateSettings),
+        ("[deploy]", config.DeploySettings),
+        ("[aws]", config.AwsSettings),
+    ]:
         lines += _table(title, cls)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -91,7 +91,9 @@ class Artifact:
         try:
             target = _TYPES[name]
         except KeyError:
-            raise PcamflowError(f"unknown artifact type {name!r}; known: {sorted(_TYPES)}") from None
+            raise PcamflowError(
+                f"unknown artifact type {name!r}; known: {sorted(_TYPES)}"
+            ) from None
         if not issubclass(target, cls):
             raise PcamflowError(f"artifact type {name!r} is not a {cls.__name__}")
         return _converter.structure(data, target)

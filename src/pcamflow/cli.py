@@ -20,7 +20,7 @@ Command = Callable[[argparse.Namespace], int]
 log = logging.getLogger("pcamflow")
 
 
-def _settings(path: str):  # noqa: ANN202 - Settings, imported lazily
+def _settings(path: str):
     from pcamflow.config import Settings
 
     return Settings.from_toml(path)

@@ -129,7 +129,9 @@ class ConvertSettings:
         output: the image tree's root (None: ``<run_dir>/convert/images``).
     """
 
-    quality: int = attrs.field(default=95, validator=_check(lambda v: 1 <= v <= 100, "is outside 1..100"))
+    quality: int = attrs.field(
+        default=95, validator=_check(lambda v: 1 <= v <= 100, "is outside 1..100")
+    )
     workers: int | None = attrs.field(default=None, validator=_POSITIVE)
     output: str | None = None
 
@@ -164,10 +166,14 @@ class TuneSettings:
         ranges: hyperparameter name -> range (``[tune.ranges.learning_rate]``).
     """
 
-    strategy: str = attrs.field(default="Bayesian", validator=_choice("Bayesian", "Random", "Grid", "Hyperband"))
+    strategy: str = attrs.field(
+        default="Bayesian", validator=_choice("Bayesian", "Random", "Grid", "Hyperband")
+    )
     max_jobs: int = attrs.field(default=4, validator=_POSITIVE)
     max_parallel_jobs: int = attrs.field(default=1, validator=_POSITIVE)
-    objective: str = attrs.field(default="validation:accuracy", validator=_choice("validation:accuracy"))
+    objective: str = attrs.field(
+        default="validation:accuracy", validator=_choice("validation:accuracy")
+    )
     early_stopping: str = attrs.field(default="Off", validator=_choice("Off", "Auto"))
     warm_start_from: str | None = None
     epochs: int | None = attrs.field(default=None, validator=_POSITIVE)
@@ -176,13 +182,15 @@ class TuneSettings:
     def __attrs_post_init__(self) -> None:
         if self.max_parallel_jobs > self.max_jobs:
             raise ConfigError(
-                f"max_parallel_jobs: {self.max_parallel_jobs} is greater than max_jobs ({self.max_jobs})"
+                f"max_parallel_jobs: {self.max_parallel_jobs} is greater than "
+                f"max_jobs ({self.max_jobs})"
             )
         if self.strategy == "Grid":
             for name, rng in self.ranges.items():
                 if rng.type == "continuous":
                     raise ConfigError(
-                        f"ranges.{name}: the Grid strategy takes only integer and categorical ranges"
+                        f"ranges.{name}: the Grid strategy takes only "
+                        "integer and categorical ranges"
                     )
         if self.strategy == "Hyperband" and self.early_stopping != "Off":
             # as in SageMaker: Hyperband stops poor trials itself
@@ -194,7 +202,7 @@ class TuneSettings:
 
 @attrs.frozen(kw_only=True)
 class TrainSettings:
-    """``[train]``: the algorithm's hyperparameters, and ``[train.extensions]`` for local-only ones."""
+    """``[train]``: the algorithm's hyperparameters; ``[train.extensions]``: local-only ones."""
 
     hyperparameters: Hyperparameters = attrs.field(factory=Hyperparameters)
     extensions: LocalExtensions = attrs.field(factory=LocalExtensions)
@@ -307,9 +315,7 @@ class AwsSettings:
     poll_s: float = attrs.field(default=30.0, validator=_NON_NEGATIVE)
     transform_instance_type: str = "ml.m5.xlarge"
     transform_instance_count: int = attrs.field(default=1, validator=_POSITIVE)
-    evaluate_via: str = attrs.field(
-        default="transform", validator=_choice("transform", "endpoint")
-    )
+    evaluate_via: str = attrs.field(default="transform", validator=_choice("transform", "endpoint"))
     estimated_runtime_s: int | None = attrs.field(default=None, validator=_POSITIVE)
     endpoint_hours: float = attrs.field(default=24.0, validator=_NON_NEGATIVE)
     data_capture_s3_uri: str | None = None

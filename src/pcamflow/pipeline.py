@@ -240,9 +240,14 @@ class Pipeline:
         # Fingerprints chain: each covers the stage's settings and the ones before it.
         fingerprints: dict[str, str] = {}
         for name, stage in self.steps:
-            probe = Context(settings=settings, run_dir=run_dir,
-                            stage_dir=stage_output_dir(run_dir, name), services=services,
-                            stage_name=name, upstream=dict(fingerprints))
+            probe = Context(
+                settings=settings,
+                run_dir=run_dir,
+                stage_dir=stage_output_dir(run_dir, name),
+                services=services,
+                stage_name=name,
+                upstream=dict(fingerprints),
+            )
             fingerprints[name] = stage.fingerprint(probe)
 
         def context_for(name: str, artifacts: Mapping[str, Artifact]) -> Context:
@@ -313,8 +318,9 @@ class Pipeline:
         context.stage_dir.mkdir(parents=True, exist_ok=True)
         started, clock = _now(), time.monotonic()
         stage_label = f"{type(stage).__module__}.{type(stage).__qualname__}"
-        records[name] = StageRecord(name=name, stage=stage_label, status="running",
-                                    fingerprint=fingerprint, started=started)
+        records[name] = StageRecord(
+            name=name, stage=stage_label, status="running", fingerprint=fingerprint, started=started
+        )
         _write_records(run_dir, records, self.names)
         log.info("[%s] running %s", name, type(stage).__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from pcamflow.errors import DuplicateStageError, PluginLoadError, RegistryError
+from pcamflow.errors import DuplicateStageError, RegistryError
 from pcamflow.stages import STAGE_KINDS, Stage
 
 __all__ = ["ENTRY_POINT_GROUP", "Registration", "Registry"]

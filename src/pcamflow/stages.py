@@ -38,12 +38,12 @@ from pcamflow.artifacts import (
 from pcamflow.errors import MissingInputError
 
 __all__ = [
+    "STAGE_KINDS",
     "Context",
     "DataConverter",
     "Deployer",
     "Evaluator",
     "ManifestBuilder",
-    "STAGE_KINDS",
     "Stage",
     "Trainer",
     "Tuner",
@@ -240,8 +240,7 @@ class Deployer(Stage):
 
 
 STAGE_KINDS: dict[str, type[Stage]] = {
-    cls.kind: cls
-    for cls in (DataConverter, ManifestBuilder, Tuner, Trainer, Evaluator, Deployer)
+    cls.kind: cls for cls in (DataConverter, ManifestBuilder, Tuner, Trainer, Evaluator, Deployer)
 }
 """Stage kind -> its abstract class, in pipeline order."""
 

@@ -62,8 +62,11 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
         raise _fail(cls, f"is abstract; implement {missing}")
     for method in ("validate", "run"):
         params = list(inspect.signature(getattr(cls, method)).parameters.values())[1:]
-        required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                                              p.POSITIONAL_OR_KEYWORD)]
+        required = [
+            p
+            for p in params
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         if len(params) < 1 or len(required) > 1:
             raise _fail(cls, f"{method}() must take exactly one argument, the context")
     for attr in ("requires", "accepts"):
@@ -73,16 +76,24 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
         ):
             raise _fail(cls, f"{attr} must be a tuple of Artifact subclasses, got {value!r}")
     if not issubclass(cls.produces, base.produces):
-        raise _fail(cls, f"produces {cls.produces.__name__}; a {cls.kind} must produce "
-                         f"a {base.produces.__name__}")
-    missing_inputs = [t.__name__ for t in base.requires if t not in cls.requires
-                      and not any(issubclass(r, t) for r in cls.requires)]
+        raise _fail(
+            cls,
+            f"produces {cls.produces.__name__}; a {cls.kind} must produce "
+            f"a {base.produces.__name__}",
+        )
+    missing_inputs = [
+        t.__name__
+        for t in base.requires
+        if t not in cls.requires and not any(issubclass(r, t) for r in cls.requires)
+    ]
     if missing_inputs:
         raise _fail(cls, f"drops required inputs of its kind: {', '.join(missing_inputs)}")
     tables = {f.name for f in attrs.fields(Settings)}
     unknown = [s for s in cls.settings_sections if s not in tables]
     if unknown:
-        raise _fail(cls, f"settings_sections names unknown tables {unknown}; known: {sorted(tables)}")
+        raise _fail(
+            cls, f"settings_sections names unknown tables {unknown}; known: {sorted(tables)}"
+        )
     try:
         stage = cls(**init)
     except TypeError as error:
@@ -101,8 +112,9 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
     if not isinstance(artifact, cls.produces):
         raise _fail(cls, f"run() returned {type(artifact).__name__}, not {cls.produces.__name__}")
     if not artifact.exists(context.service("s3")):
-        raise _fail(cls, f"run() returned an artifact whose locations do not exist: "
-                         f"{artifact.locations()}")
+        raise _fail(
+            cls, f"run() returned an artifact whose locations do not exist: {artifact.locations()}"
+        )
     if Artifact.from_json(artifact.to_json()) != artifact:
         raise _fail(cls, "the artifact does not survive a JSON round trip")
     return artifact
