@@ -3,10 +3,11 @@
     python examples/demo.py [--settings examples/local.toml] [--fresh]
 
 1. writes synthetic PCam-format HDF5 files (skipped when they are already there);
-2. runs the pipeline of ``examples/local.toml``: convert -> manifests -> tune -> train ->
+2. explores them (montages, class balance, channel statistics, duplicates);
+3. runs the pipeline of ``examples/local.toml``: convert -> manifests -> tune -> train ->
    evaluate -> deploy (a re-run resumes, skipping complete stages);
-3. prints the test metrics;
-4. asks the local endpoint about a few test patches through a stock boto3 SageMaker runtime
+4. prints the test metrics;
+5. asks the local endpoint about a few test patches through a stock boto3 SageMaker runtime
    client, prints the answers, and tears the endpoint down.
 """
 
@@ -21,12 +22,13 @@ from pathlib import Path
 
 from pcamflow import Pipeline, Registry, Settings
 from pcamflow.artifacts import Endpoint, Evaluation, Manifests
+from pcamflow.data.explore import explore
 from pcamflow.data.manifests import read_manifest, uri_to_path
 from pcamflow.data.synth import write_synthetic_pcam
 from pcamflow.evaluation import format_metrics_table
 from pcamflow.stages import Context
 
-SIZES = {"train": 3000, "valid": 600, "test": 600}
+SIZES = {"train": 2000, "valid": 500, "test": 500}
 
 
 def ask_endpoint(endpoint: Endpoint, manifests: Manifests, count: int = 6) -> None:
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (source / "camelyonpatch_level_2_split_test_y.h5").exists():
         print(f"writing synthetic PCam to {source} ({SIZES})")
         write_synthetic_pcam(source, seed=settings.pipeline.seed, **SIZES)
+
+    report = explore(source, settings.run_dir / "explore", seed=settings.pipeline.seed)
+    print(f"data exploration: {report}")
 
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     print(f"pipeline: {' -> '.join(pipeline.names)}")
