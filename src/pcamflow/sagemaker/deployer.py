@@ -16,6 +16,7 @@ from typing import Any
 
 from pcamflow.artifacts import Endpoint, ModelArtifact
 from pcamflow.errors import AwsError, ConfigError
+from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Deployer
 
 __all__ = ["SageMakerDeployer", "teardown_endpoint"]
@@ -23,19 +24,13 @@ __all__ = ["SageMakerDeployer", "teardown_endpoint"]
 log = logging.getLogger(__name__)
 
 
-class SageMakerDeployer(Deployer):
+class SageMakerDeployer(JobStageOptions, Deployer):
     """Deploys the model to a SageMaker real-time endpoint.
 
     Args:
         progress: show the endpoint's status while it is created.
         ask: asks, on Ctrl-C while the endpoint is created, whether to delete it again.
     """
-
-    def __init__(
-        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
-    ) -> None:
-        self.progress = progress
-        self.ask = ask
 
     def validate(self, context: Context) -> None:
         from pcamflow.sagemaker.hosting import scaling_requests

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pcamflow.artifacts import Evaluation, ImageDataset, Manifests, ModelArtifact
 from pcamflow.errors import AwsError, ConfigError
+from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Evaluator
 
 __all__ = ["SageMakerEvaluator", "positive_score", "transform_input_manifest"]
@@ -63,19 +64,13 @@ def transform_input_manifest(refs: Sequence[str]) -> tuple[str, list[str]]:
     return prefix, [r[len(prefix):] for r in refs]
 
 
-class SageMakerEvaluator(Evaluator):
+class SageMakerEvaluator(JobStageOptions, Evaluator):
     """Scores the model on SageMaker (batch transform or endpoint), reports locally.
 
     Args:
         progress: show progress.
         ask: asks whether to stop the transform job on Ctrl-C.
     """
-
-    def __init__(
-        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
-    ) -> None:
-        self.progress = progress
-        self.ask = ask
 
     def validate(self, context: Context) -> None:
         from pcamflow.sagemaker.trainer import check_aws

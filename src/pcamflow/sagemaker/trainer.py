@@ -9,12 +9,12 @@ rejected in :meth:`SageMakerTrainer.validate` rather than dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from pcamflow.artifacts import Manifests, ModelArtifact, TuningResult
 from pcamflow.errors import ConfigError
 from pcamflow.hyperparameters import Hyperparameters
+from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Trainer
 
 __all__ = ["SageMakerTrainer", "check_no_extensions", "training_hyperparameters"]
@@ -56,19 +56,13 @@ def training_hyperparameters(
     return hp.with_values(num_training_samples=count).to_sagemaker()
 
 
-class SageMakerTrainer(Trainer):
+class SageMakerTrainer(JobStageOptions, Trainer):
     """Trains on SageMaker with the built-in Image Classification algorithm (Pipe mode).
 
     Args:
         progress: show the job's progress.
         ask: asks whether to stop the job on Ctrl-C (default: on the terminal, if any).
     """
-
-    def __init__(
-        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
-    ) -> None:
-        self.progress = progress
-        self.ask = ask
 
     def validate(self, context: Context) -> None:
         check_no_extensions(context.settings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import attrs
 from pcamflow.artifacts import Manifests, TuningResult
 from pcamflow.errors import AwsError, ConfigError
 from pcamflow.hyperparameters import Hyperparameters
+from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Tuner
 
 __all__ = ["SageMakerTuner", "best_of", "write_trials"]
@@ -27,19 +27,13 @@ __all__ = ["SageMakerTuner", "best_of", "write_trials"]
 log = logging.getLogger(__name__)
 
 
-class SageMakerTuner(Tuner):
+class SageMakerTuner(JobStageOptions, Tuner):
     """Tunes on SageMaker with a hyperparameter tuning job.
 
     Args:
         progress: show jobs done and the best value so far.
         ask: asks whether to stop the tuning job on Ctrl-C (default: on the terminal, if any).
     """
-
-    def __init__(
-        self, *, progress: bool = True, ask: Callable[[str], bool] | None = None
-    ) -> None:
-        self.progress = progress
-        self.ask = ask
 
     def validate(self, context: Context) -> None:
         from pcamflow.sagemaker.trainer import check_aws, check_no_extensions
