@@ -23,10 +23,10 @@ from PIL import Image
 
 from pcamflow.artifacts import Manifests
 from pcamflow.data.synth import write_synthetic_pcam
-from pcamflow.local._evaluate import evaluate_archive
-from pcamflow.local._predict import load_batch, predict_files
-from pcamflow.local.model_io import ModelMeta, load_model_archive, save_model_archive
-from pcamflow.local.models import architecture_name, build_model
+from pcamflow.local.evaluation.evaluate import evaluate_archive
+from pcamflow.local.evaluation.predict import load_batch, predict_files
+from pcamflow.local.model.archive import ModelMeta, load_model_archive, save_model_archive
+from pcamflow.local.model.resnet import architecture_name, build_model
 
 
 def make_data(folder: Path, count: int) -> tuple[list[Path], Manifests]:

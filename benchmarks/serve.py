@@ -42,8 +42,8 @@ def percentile(values: list[float], q: float) -> float:
 def make_archive(folder: Path, num_layers: int) -> Path:
     import torch
 
-    from pcamflow.local.model_io import ModelMeta, save_model_archive
-    from pcamflow.local.models import architecture_name, build_model
+    from pcamflow.local.model.archive import ModelMeta, save_model_archive
+    from pcamflow.local.model.resnet import architecture_name, build_model
 
     torch.manual_seed(0)
     meta = ModelMeta(
@@ -68,7 +68,7 @@ def raw_forward_ms(archive: Path, jpeg: bytes, repeats: int) -> tuple[float, flo
     """Median ms of the forward pass of one preprocessed image, and of decode + preprocess."""
     from PIL import Image
 
-    from pcamflow.local.model_io import load_model_archive
+    from pcamflow.local.model.archive import load_model_archive
 
     model = load_model_archive(archive)
     array = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))[None]

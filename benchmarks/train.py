@@ -28,9 +28,9 @@ from PIL import Image
 from pcamflow.artifacts import Manifests
 from pcamflow.data.synth import write_synthetic_pcam
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
-from pcamflow.local.dataset import default_workers
-from pcamflow.local.models import build_model
-from pcamflow.local.trainer import train_model
+from pcamflow.local.model.resnet import build_model
+from pcamflow.local.training.dataset import default_workers
+from pcamflow.local.training.trainer import train_model
 
 
 def make_data(root: Path, n: int) -> tuple[Manifests, np.ndarray, np.ndarray]:

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import attrs
 
-from pcamflow import Manifests, Pipeline, Settings
+from pcamflow import Manifests, Pipeline, Settings, atomic_write
 from pcamflow.data.convert import LocalConverter
 from pcamflow.data.manifests import LocalManifestBuilder, read_manifest
 from pcamflow.data.synth import write_synthetic_pcam
 from pcamflow.errors import ConfigError
-from pcamflow.local.evaluator import LocalEvaluator
-from pcamflow.local.trainer import LocalTrainer
-from pcamflow.pipeline import atomic_write
+from pcamflow.local.evaluation.evaluator import LocalEvaluator
+from pcamflow.local.training.trainer import LocalTrainer
 from pcamflow.stages import Context
 
 

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from pcamflow import atomic_write
 from pcamflow.artifacts import ImageDataset, Manifests, ModelArtifact
-from pcamflow.pipeline import atomic_write
 from pcamflow.stages import Context, DataConverter, ManifestBuilder, Trainer
 
 

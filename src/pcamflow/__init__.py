@@ -6,6 +6,7 @@ read from one TOML file, with stage implementations found in a :class:`Registry`
 backend (``pcamflow[local]``) and the SageMaker backend (``pcamflow[sagemaker]``) are extras.
 """
 
+from pcamflow._io import atomic_write
 from pcamflow.artifacts import (
     Artifact,
     Endpoint,
@@ -74,4 +75,5 @@ __all__ = [
     "TuningRange",
     "TuningResult",
     "__version__",
+    "atomic_write",
 ]

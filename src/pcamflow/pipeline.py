@@ -15,51 +15,26 @@ a re-run skips complete stages, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from pcamflow._io import StageRecord, read_run_record, utc_now, write_run_record
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
     MissingInputError,
-    PcamflowError,
     PipelineDefinitionError,
     StageNameNotUniqueError,
 )
 from pcamflow.stages import Context, Stage, stage_output_dir
 
-__all__ = ["Pipeline", "RunResult", "StageRecord", "atomic_write", "read_run_record"]
+__all__ = ["Pipeline", "RunResult", "StageRecord", "read_run_record"]
 
 log = logging.getLogger("pcamflow")
-RUN_FILE = "run.json"
-
-
-@attrs.frozen
-class StageRecord:
-    """What ``run.json`` says of one stage."""
-
-    name: str
-    stage: str
-    status: str
-    fingerprint: str | None = None
-    started: str | None = None
-    ended: str | None = None
-    duration_s: float | None = None
-    artifact: dict[str, Any] | None = None
-    error: str | None = None
-
-    def load_artifact(self) -> Artifact | None:
-        """The recorded artifact, rebuilt."""
-        return Artifact.from_dict(self.artifact) if self.artifact else None
 
 
 @attrs.frozen
@@ -79,59 +54,14 @@ class RunResult:
     @property
     def artifacts(self) -> dict[str, Artifact]:
         """Stage name -> artifact, for the completed stages."""
-        out = {}
-        for name, record in self.records.items():
-            artifact = record.load_artifact() if record.status == "completed" else None
-            if artifact is not None:
-                out[name] = artifact
-        return out
+        return {
+            name: artifact
+            for name, record in self.records.items()
+            if record.status == "completed" and (artifact := record.load_artifact()) is not None
+        }
 
     def __getitem__(self, name: str) -> Artifact:
         return self.artifacts[name]
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
-    """Open a temporary file beside ``path`` and rename it onto ``path`` once written.
-
-    A crash or an error inside the block leaves ``path`` as it was and no temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def read_run_record(run_dir: str | Path) -> dict[str, StageRecord]:
-    """The stage records of ``run_dir/run.json`` (empty if there is none yet)."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {name: StageRecord(**rec) for name, rec in data.get("stages", {}).items()}
-    except (ValueError, TypeError) as error:
-        raise PcamflowError(f"{path}: not a pcamflow run record ({error})") from None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Pipeline:
@@ -316,12 +246,12 @@ class Pipeline:
         run_dir: Path,
     ) -> Artifact:
         context.stage_dir.mkdir(parents=True, exist_ok=True)
-        started, clock = _now(), time.monotonic()
+        started, clock = utc_now(), time.monotonic()
         stage_label = f"{type(stage).__module__}.{type(stage).__qualname__}"
         records[name] = StageRecord(
             name=name, stage=stage_label, status="running", fingerprint=fingerprint, started=started
         )
-        _write_records(run_dir, records, self.names)
+        write_run_record(run_dir, records, self.names)
         log.info("[%s] running %s", name, type(stage).__name__)
 
         def finish(status: str, artifact: Artifact | None = None, error: str | None = None) -> None:
@@ -331,12 +261,12 @@ class Pipeline:
                 status=status,
                 fingerprint=fingerprint,
                 started=started,
-                ended=_now(),
+                ended=utc_now(),
                 duration_s=round(time.monotonic() - clock, 3),
                 artifact=artifact.to_dict() if artifact is not None else None,
                 error=error,
             )
-            _write_records(run_dir, records, self.names)
+            write_run_record(run_dir, records, self.names)
 
         try:
             artifact = stage.run(context)
@@ -358,13 +288,3 @@ class Pipeline:
         log.info("[%s] completed in %.1f s", name, records[name].duration_s or 0.0)
         return artifact
 
-
-def _write_records(run_dir: Path, records: Mapping[str, StageRecord], order: Sequence[str]) -> None:
-    names = [n for n in order if n in records] + [n for n in records if n not in order]
-    payload = {
-        "format": 1,
-        "updated": _now(),
-        "stages": {n: attrs.asdict(records[n]) for n in names},
-    }
-    with atomic_write(run_dir / RUN_FILE, encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)

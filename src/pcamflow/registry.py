@@ -6,7 +6,7 @@ points at a :class:`~pcamflow.stages.Stage` subclass of that kind. pcamflow's ow
 registered through the same group, in its own ``pyproject.toml``::
 
     [project.entry-points."pcamflow.stages"]
-    "trainer.local" = "pcamflow.local.trainer:LocalTrainer"
+    "trainer.local" = "pcamflow.local.training.trainer:LocalTrainer"
     "trainer.mypkg.custom" = "mypkg.stages:CustomTrainer"   # a plugin's
 
 A settings file then names the stage by kind and name (``trainer = "mypkg.custom"``).

@@ -17,15 +17,13 @@ The six abstract stages say what each step takes and makes; users subclass them:
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import attrs
-import cattrs
 
+from pcamflow._io import digest
 from pcamflow.artifacts import (
     Artifact,
     Endpoint,
@@ -50,7 +48,6 @@ __all__ = [
 ]
 
 _A = TypeVar("_A", bound=Artifact)
-_unstructure = cattrs.Converter().unstructure
 
 
 @attrs.frozen
@@ -141,13 +138,12 @@ class Stage(abc.ABC):
         payload = {
             "stage": f"{type(self).__module__}.{type(self).__qualname__}",
             "settings": {
-                name: _unstructure(getattr(settings, name, None)) for name in self.settings_sections
+                name: getattr(settings, name, None) for name in self.settings_sections
             },
             "options": self.options(),
             "upstream": dict(context.upstream),
         }
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return digest(payload)
 
     def options(self) -> dict[str, Any]:
         """The stage object's own options that change its output (for the fingerprint)."""

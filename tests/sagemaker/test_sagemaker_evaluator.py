@@ -97,10 +97,10 @@ def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path:
     import numpy as np
     from PIL import Image
 
-    from pcamflow.local.hosting import ServerThread
-    from pcamflow.local.model_io import ModelMeta, load_model_archive, save_model_archive
-    from pcamflow.local.models import architecture_name, build_model
-    from pcamflow.local.server import create_app
+    from pcamflow.local.model.archive import ModelMeta, load_model_archive, save_model_archive
+    from pcamflow.local.model.resnet import architecture_name, build_model
+    from pcamflow.local.serving.app import create_app
+    from pcamflow.local.serving.hosting import ServerThread
     from pcamflow.sagemaker.clients import AwsClients
 
     archive = save_model_archive(

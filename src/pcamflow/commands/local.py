@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pcamflow._io import recorded_artifacts
 from pcamflow.errors import ConfigError, EndpointError
 
-API_KEY_ENV = "PCAMFLOW_API_KEY"  # also pcamflow.local.server.API_KEY_ENV (not imported: torch)
+API_KEY_ENV = "PCAMFLOW_API_KEY"  # also pcamflow.local.serving.app.API_KEY_ENV (not imported: torch)
 
 
 def _run_folder(target: str) -> tuple[Path, Any]:
@@ -26,17 +27,6 @@ def _run_folder(target: str) -> tuple[Path, Any]:
     raise ConfigError(f"{target}: expected a run folder or a settings file (.toml)")
 
 
-def _recorded(run_dir: Path, kind: type) -> list[tuple[str, Any]]:
-    from pcamflow.pipeline import read_run_record
-
-    found = []
-    for name, record in read_run_record(run_dir).items():
-        artifact = record.load_artifact() if record.status == "completed" else None
-        if isinstance(artifact, kind):
-            found.append((name, artifact))
-    return found
-
-
 def _model_path(target: str) -> str:
     """``target`` itself if it is an archive, else the model its run folder or settings made."""
     if Path(target).is_file() and not target.endswith(".toml"):
@@ -44,7 +34,7 @@ def _model_path(target: str) -> str:
     from pcamflow.artifacts import ModelArtifact
 
     run_dir, _ = _run_folder(target)
-    models = _recorded(run_dir, ModelArtifact)
+    models = recorded_artifacts(run_dir, ModelArtifact)
     if not models:
         raise ConfigError(f"{target}: no completed stage in {run_dir} made a model")
     return models[-1][1].uri
@@ -54,7 +44,7 @@ def _model_path(target: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pcamflow.local.hosting import serve_model
+    from pcamflow.local.serving.hosting import serve_model
 
     serve_model(
         _model_path(args.model),
@@ -75,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pcamflow.local.client import EndpointClient
+    from pcamflow.sagemaker.runtime import EndpointClient
 
     client = EndpointClient.for_target(
         args.target,
@@ -116,7 +106,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     from pcamflow.artifacts import Endpoint
 
     run_dir, settings = _run_folder(args.target)
-    endpoints = _recorded(run_dir, Endpoint)
+    endpoints = recorded_artifacts(run_dir, Endpoint)
     if args.stage:
         endpoints = [(n, e) for n, e in endpoints if n == args.stage]
     if not endpoints:
@@ -124,7 +114,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         return 0
     for stage, endpoint in endpoints:
         if endpoint.backend == "local":
-            from pcamflow.local.deployer import stop_endpoint
+            from pcamflow.local.serving.deployer import stop_endpoint
 
             stopped = stop_endpoint(endpoint)
             state = "stopped" if stopped else "was not running"

@@ -22,16 +22,16 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pcamflow._io import PARTIAL_SUFFIX, write_bytes_atomic
 from pcamflow.artifacts import ImageDataset
 from pcamflow.data._files import SPLITS, pcam_name
 from pcamflow.data.pcam import PcamReader, PcamSplit, open_split
 from pcamflow.errors import DataError, StageError
 from pcamflow.stages import Context, DataConverter
 
-__all__ = ["LABELS", "LocalConverter", "convert_pcam", "encode_jpeg", "write_atomic"]
+__all__ = ["LABELS", "LocalConverter", "convert_pcam", "encode_jpeg"]
 
 LABELS = ("0", "1")
-_PARTIAL = ".partial"
 
 
 def image_name(split: str, index: int) -> str:
@@ -44,22 +44,6 @@ def encode_jpeg(patch: np.ndarray, quality: int = 95) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(patch, "RGB").save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    No fsync: the rename makes a killed process leave either the whole file or none, which
-    is what a re-run relies on; durability across power loss is the file system's business.
-    """
-    folder, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}{_PARTIAL}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _convert_range(task: tuple[PcamSplit, str, int, int, bytes, int]) -> int:
@@ -75,7 +59,7 @@ def _convert_range(task: tuple[PcamSplit, str, int, int, bytes, int]) -> int:
             for offset in np.flatnonzero(flags[first - start: first - start + len(patches)]):
                 index = first + int(offset)
                 path = f"{folders[labels[offset]]}/{name}_{index:06d}.jpg"
-                write_atomic(path, encode_jpeg(patches[offset], quality))
+                write_bytes_atomic(path, encode_jpeg(patches[offset], quality))
                 done += 1
     return done
 
@@ -94,7 +78,7 @@ def _existing(folder: Path, split: str) -> tuple[np.ndarray, list[str]]:
     except FileNotFoundError:
         return np.zeros(0, dtype=np.int64), []
     for name in names:
-        if name.endswith(_PARTIAL):
+        if name.endswith(PARTIAL_SUFFIX):
             partial.append(name)
         elif name.startswith(head) and name.endswith(".jpg") and name[len(head):-4].isdigit():
             indices.append(int(name[len(head):-4]))
@@ -107,7 +91,7 @@ def _prepare_output(dst: Path, splits: Sequence[str]) -> None:
         for split in splits:
             for label in LABELS:
                 (dst / split / label).mkdir(parents=True, exist_ok=True)
-        probe = dst / f".write-test-{os.getpid()}{_PARTIAL}"
+        probe = dst / f".write-test-{os.getpid()}{PARTIAL_SUFFIX}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:

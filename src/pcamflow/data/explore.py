@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pcamflow.data._files import SPLITS, atomic_path
+from pcamflow._io import atomic_path
+from pcamflow.data._files import SPLITS
 from pcamflow.data.pcam import PcamReader, open_split
 
 __all__ = ["explore", "outline_centre"]

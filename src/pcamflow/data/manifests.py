@@ -15,7 +15,6 @@ quick runs small, and every listed image is checked to exist and be non-empty.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,10 +24,10 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from tqdm.auto import tqdm
 
+from pcamflow._io import atomic_write, digest
 from pcamflow.artifacts import ImageDataset, Manifests
 from pcamflow.data._files import SPLITS
 from pcamflow.errors import DataError, ImageError
-from pcamflow.pipeline import atomic_write
 from pcamflow.stages import Context, ManifestBuilder
 
 __all__ = [
@@ -209,7 +208,7 @@ class LocalManifestBuilder(ManifestBuilder):
         """The base fingerprint plus the pipeline seed, which orders and subsets the lines."""
         base = super().fingerprint(context)
         seed = context.settings.pipeline.seed
-        return hashlib.sha256(f"{base}:{seed}".encode()).hexdigest()[:16]
+        return digest({"base": base, "seed": seed})
 
     def run(self, context: Context) -> Manifests:
         settings = context.settings.manifests

@@ -34,7 +34,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from pcamflow.data._files import SPLITS, atomic_path, pcam_name
+from pcamflow._io import atomic_path
+from pcamflow.data._files import SPLITS, pcam_name
 from pcamflow.data.synth import SYNTHETIC_ATTR
 from pcamflow.errors import ChecksumError, DataError, SchemaError
 

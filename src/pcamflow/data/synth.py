@@ -26,7 +26,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from pcamflow.data._files import SPLITS, atomic_path, pcam_name
+from pcamflow._io import atomic_path
+from pcamflow.data._files import SPLITS, pcam_name
 from pcamflow.data._tissue import SIZE, render_chunk
 from pcamflow.errors import DataError
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from pcamflow._io import atomic_write
 from pcamflow.evaluation import plots
 from pcamflow.evaluation.metrics import METRIC_NAMES
-from pcamflow.pipeline import atomic_write
 
 __all__ = ["format_metrics_table", "metrics_rows", "write_predictions", "write_report"]
 

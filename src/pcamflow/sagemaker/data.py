@@ -72,8 +72,8 @@ def to_s3_manifest(local_manifest: Path, local_root: Path, s3_root: str, out: Pa
     Raises:
         DataError: an image lies outside ``local_root``.
     """
+    from pcamflow._io import atomic_write
     from pcamflow.data.manifests import read_manifest, uri_to_path
-    from pcamflow.pipeline import atomic_write
 
     root = Path(local_root).resolve()
     lines = []

@@ -13,7 +13,6 @@ second one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from pcamflow._io import digest
 from pcamflow.errors import AwsError, JobFailedError
 
 __all__ = ["KINDS", "JobRecord", "ask_on_terminal", "attach_or_create", "create", "wait"]
@@ -223,7 +223,7 @@ class JobRecord:
     def digest_of(request: Mapping[str, Any], name_key: str) -> str:
         """The digest of ``request`` without its name."""
         body = {k: v for k, v in request.items() if k != name_key}
-        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+        return digest(body, length=64)
 
     @classmethod
     def read(cls, folder: Path) -> JobRecord | None:
@@ -236,7 +236,7 @@ class JobRecord:
 
     def write(self, folder: Path) -> None:
         """Write the record (atomically) into ``folder``."""
-        from pcamflow.pipeline import atomic_write
+        from pcamflow._io import atomic_write
 
         with atomic_write(Path(folder) / self.FILE, encoding="utf-8") as handle:
             json.dump(attrs.asdict(self), handle)

@@ -76,12 +76,11 @@ class Plan:
 
 
 def _counts(settings: Any) -> tuple[dict[str, int], bool]:
+    from pcamflow._io import recorded_artifacts
     from pcamflow.artifacts import Manifests
-    from pcamflow.pipeline import read_run_record
 
-    for record in read_run_record(settings.run_dir).values():
-        artifact = record.load_artifact() if record.status == "completed" else None
-        if isinstance(artifact, Manifests) and artifact.counts:
+    for _, artifact in recorded_artifacts(settings.run_dir, Manifests):
+        if artifact.counts:
             return dict(artifact.counts), True
     cap = settings.manifests.max_per_class
     sizes = {s: PCAM_SIZES[s] for s in settings.data.splits}

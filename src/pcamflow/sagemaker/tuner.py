@@ -129,7 +129,7 @@ def best_of(job: Any, static: dict[str, str]) -> tuple[dict[str, str], float | N
 
 def write_trials(clients: Any, tuning_job: str, path: Path) -> Path:
     """Write every training job of ``tuning_job`` (name, status, objective, values) as CSV."""
-    from pcamflow.pipeline import atomic_write
+    from pcamflow._io import atomic_write
 
     rows: list[dict[str, Any]] = []
     try:

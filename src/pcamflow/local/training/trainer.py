@@ -1,0 +1,166 @@
+"""The local Trainer: the algorithm's ResNet trained in PyTorch from the same hyperparameters.
+
+:func:`train_model` reads the train and validation manifests, streams their JPEGs through
+DataLoader workers, trains with the algorithm's optimizer, schedule and augmentation, prints
+the algorithm's metric lines (``Epoch[0] Validation-accuracy=0.912345``, see
+:mod:`pcamflow.metric_lines`), checkpoints each epoch (and resumes from the last checkpoint
+after a kill), and writes ``model.tar.gz``. :class:`LocalTrainer` is the pipeline stage around
+it.
+
+This module imports torch only inside functions, so listing stages stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pcamflow.artifacts import Manifests, ModelArtifact, TuningResult
+from pcamflow.errors import ConfigError, DataError, HyperparameterError
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.stages import Context, Trainer
+
+__all__ = ["LocalTrainer", "TrainOutcome", "check_local", "train_model"]
+
+
+
+@attrs.frozen
+class TrainOutcome:
+    """The result of :func:`train_model`.
+
+    Attributes:
+        archive: the ``model.tar.gz`` written.
+        metrics: the kept model's metrics (``train:accuracy``, ``validation:accuracy``, ...).
+        history: one dict of metrics per epoch run.
+    """
+
+    archive: Path
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+
+
+def check_local(hp: Hyperparameters, ext: LocalExtensions) -> None:
+    """Reject what the local backend cannot honour, before any work.
+
+    Raises:
+        HyperparameterError: ``multi_label=1`` (manifests hold one class per image) or
+            ``use_pretrained_model=1`` without ``extensions.weights_file``.
+        ConfigError: the weights file is missing, or ``device="cuda"`` without CUDA.
+    """
+    if hp.multi_label:
+        raise HyperparameterError(
+            "multi_label: 1 is not supported by the local trainer (one class per image)"
+        )
+    if hp.use_pretrained_model:
+        if not ext.weights_file:
+            raise HyperparameterError(
+                "use_pretrained_model: 1 needs pretrained weights, which are not available "
+                "offline; set train.extensions.weights_file to a local .safetensors file"
+            )
+        if not Path(ext.weights_file).is_file():
+            raise ConfigError(f"train.extensions.weights_file: {ext.weights_file} not found")
+    if ext.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.extensions.device: 'cuda' but no CUDA device is available")
+
+
+def train_model(
+    manifests: Manifests,
+    hyperparameters: Hyperparameters,
+    extensions: LocalExtensions,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Train the algorithm's ResNet on the manifests' train split, validating on ``valid``.
+
+    Args:
+        manifests: the train and valid manifests (``manifests.manifests["train"]`` ...).
+        hyperparameters: the algorithm's hyperparameters; ``num_training_samples`` is filled
+            from the train manifest when None.
+        extensions: the local extensions (dihedral, stain jitter, seed, weights file, ...).
+        out_dir: where ``model.tar.gz`` and ``checkpoints/`` go. A run whose checkpoint is
+            there (same hyperparameters and data) resumes after its last finished epoch.
+        seed: the random seed, unless ``extensions.seed`` is set.
+        epoch_callback: called after each epoch's validation with ``(epoch, metrics)``; what
+            it raises (e.g. ``optuna.TrialPruned``) stops training and propagates.
+        progress: show a progress bar.
+
+    Raises:
+        HyperparameterError: a hyperparameter the local backend cannot honour.
+        DataError: a manifest is missing or malformed; ImageError names a missing or
+            corrupt image.
+        DivergedError: the loss became NaN or infinite.
+    """
+    from pcamflow.local.training.dataset import read_entries
+    from pcamflow.local.training.engine import run_training
+
+    check_local(hyperparameters, extensions)
+    for split in ("train", "valid"):
+        if split not in manifests.manifests:
+            have = sorted(manifests.manifests)
+            raise DataError(f"manifests: no {split!r} manifest (have {have})")
+    train = read_entries(manifests.manifests["train"])
+    valid = read_entries(manifests.manifests["valid"])
+    labels = {label for _, label in train} | {label for _, label in valid}
+    if max(labels) >= hyperparameters.num_classes or min(labels) < 0:
+        raise DataError(
+            f"{manifests.manifests['train']}: class labels {sorted(labels)} do not fit "
+            f"num_classes={hyperparameters.num_classes}"
+        )
+    if hyperparameters.num_training_samples is None:
+        hyperparameters = attrs.evolve(hyperparameters, num_training_samples=len(train))
+    result = run_training(
+        train, valid, hyperparameters, extensions, Path(out_dir),
+        seed=seed, epoch_callback=epoch_callback, progress=progress,
+    )
+    return TrainOutcome(archive=result.archive, metrics=result.metrics, history=result.history)
+
+
+class LocalTrainer(Trainer):
+    """Trains the algorithm's ResNet locally in PyTorch (CUDA when present)."""
+
+    def __init__(self, *, progress: bool = True) -> None:
+        self.progress = progress
+
+    def _hyperparameters(self, context: Context) -> Hyperparameters:
+        hp = context.settings.train.hyperparameters
+        tuned = context.optional_input(TuningResult)
+        if tuned is not None:
+            try:
+                hp = hp.with_values(**tuned.best_hyperparameters)
+            except HyperparameterError as error:
+                raise HyperparameterError(f"tuned hyperparameters: {error}") from None
+        return hp
+
+    def validate(self, context: Context) -> None:
+        """Check the hyperparameters (tuned ones included) and extensions before any work."""
+        check_local(self._hyperparameters(context), context.settings.train.extensions)
+        manifests = context.optional_input(Manifests)
+        if manifests is not None:
+            missing = {"train", "valid"} - set(manifests.manifests)
+            if missing:
+                raise DataError(f"manifests: no {', '.join(sorted(missing))} manifest to train on")
+
+    def run(self, context: Context) -> ModelArtifact:
+        manifests = context.input(Manifests)
+        hp = self._hyperparameters(context)
+        outcome = train_model(
+            manifests, hp, context.settings.train.extensions, context.stage_dir,
+            seed=context.settings.pipeline.seed, progress=self.progress,
+        )
+        if hp.num_training_samples is None:
+            from pcamflow.local.training.dataset import read_entries
+
+            count = len(read_entries(manifests.manifests["train"]))
+            hp = attrs.evolve(hp, num_training_samples=count)
+        return ModelArtifact(
+            uri=str(outcome.archive), hyperparameters=hp.to_sagemaker(), metrics=outcome.metrics
+        )
