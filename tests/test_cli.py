@@ -94,3 +94,34 @@ def test_a_run_that_would_spend_on_aws_needs_yes(capsys):
     assert main(["run", str(example)]) == 2
     err = capsys.readouterr().err
     assert "starts paid AWS resources" in err and "--yes" in err
+
+
+_WITHOUT_BOTO3 = """
+import importlib.abc, sys
+
+class Missing(importlib.abc.MetaPathFinder):
+    # as if boto3 were not installed: its import fails the way a missing package's does
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("boto3", "botocore"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+from pcamflow.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_without_boto3_names_the_extra_to_install(tmp_path):
+    image = tmp_path / "patch.jpg"
+    image.write_bytes(b"\xff\xd8\xff")
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_BOTO3, "predict", "http://127.0.0.1:9", str(image)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "ModuleNotFoundError" not in done.stderr
+    assert done.stderr.strip() == (
+        "pcamflow: error: pcamflow.sagemaker needs the 'sagemaker' extra, which is not "
+        "installed: pip install 'pcamflow[sagemaker]'"
+    )

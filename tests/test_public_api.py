@@ -1,3 +1,4 @@
+import pkgutil
 import subprocess
 import sys
 
@@ -7,22 +8,8 @@ import pcamflow.errors
 
 def test_all_lists_exactly_the_public_names():
     public = {name for name in dir(pcamflow) if not name.startswith("_")}
-    modules = {
-        "artifacts",
-        "config",
-        "errors",
-        "hyperparameters",
-        "pipeline",
-        "registry",
-        "stages",
-        "data",
-        "commands",
-        "cli",
-        "testing",
-        "evaluation",
-        "local",
-        "sagemaker",
-    }
+    # submodules become attributes once imported; they are not part of __all__
+    modules = {info.name for info in pkgutil.iter_modules(pcamflow.__path__)}
     assert set(pcamflow.__all__) - {"__version__"} == public - modules
     for name in pcamflow.__all__:
         assert getattr(pcamflow, name) is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 from pcamflow.errors import MissingExtraError
 
 EXTRAS = {
-    "local": ("torch", "optuna", "fastapi", "uvicorn", "safetensors"),
+    "local": ("torch", "optuna", "fastapi", "uvicorn", "safetensors", "psutil"),
     "sagemaker": ("boto3", "sagemaker.core"),
 }
 

@@ -33,6 +33,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "API_KEY_ENV",
     "AwsSettings",
     "ConvertSettings",
     "DataSettings",
@@ -227,27 +228,37 @@ class EvaluateSettings:
     top_errors: int = attrs.field(default=16, validator=_NON_NEGATIVE)
 
 
+API_KEY_ENV = "PCAMFLOW_API_KEY"
+"""The environment variable a local endpoint server reads its API key from."""
+
+
 @attrs.frozen(kw_only=True)
 class DeploySettings:
     """``[deploy]``: the prediction endpoint.
 
+    These are also the defaults of ``pcamflow serve``, whose options have the same names.
+
     Attributes:
         name: the endpoint's name.
         host: the local server's address (127.0.0.1 unless told otherwise).
-        port: the local server's port (0: any free port).
+        port: the local server's port (8080, as SageMaker's containers; 0: any free port).
         api_key_env: environment variable holding an API key the server requires (None: none).
         max_batch_size: requests batched into one forward pass.
         max_wait_ms: how long a request waits for others to batch with.
+        threads: torch threads of the local server's forward pass (None: one per core).
         instance_type: the SageMaker endpoint's instance type.
         initial_instance_count: the SageMaker endpoint's instances.
     """
 
     name: str = "pcamflow"
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=0, validator=_check(lambda v: 0 <= v <= 65535, "is not a port"))
+    port: int = attrs.field(
+        default=8080, validator=_check(lambda v: 0 <= v <= 65535, "is not a port")
+    )
     api_key_env: str | None = None
     max_batch_size: int = attrs.field(default=32, validator=_POSITIVE)
     max_wait_ms: float = attrs.field(default=5.0, validator=_NON_NEGATIVE)
+    threads: int | None = attrs.field(default=None, validator=_POSITIVE)
     instance_type: str = "ml.m5.large"
     initial_instance_count: int = attrs.field(default=1, validator=_POSITIVE)
 

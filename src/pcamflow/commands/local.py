@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pcamflow._io import recorded_artifacts
+from pcamflow.config import API_KEY_ENV, DeploySettings
 from pcamflow.errors import ConfigError, EndpointError
 
-API_KEY_ENV = "PCAMFLOW_API_KEY"  # also pcamflow.local.serving.app.API_KEY_ENV (not imported: torch)
+DEFAULTS = DeploySettings()
 
 
 def _run_folder(target: str) -> tuple[Path, Any]:
@@ -44,19 +45,24 @@ def _model_path(target: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import attrs
+
     from pcamflow.local.serving.hosting import serve_model
 
+    try:
+        options = attrs.evolve(
+            DEFAULTS, name=args.name, host=args.host, port=args.port,
+            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+            threads=args.threads,
+        )
+    except ConfigError as error:  # the option names are the settings' names
+        raise ConfigError(f"--{str(error).replace('_', '-')}") from None
     serve_model(
         _model_path(args.model),
-        name=args.name,
-        host=args.host,
-        port=args.port,
+        options,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
         url_file=args.url_file,
         log_level="warning" if args.quiet else "info",
-        threads=args.threads,
     )
     return 0
 
@@ -114,7 +120,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         return 0
     for stage, endpoint in endpoints:
         if endpoint.backend == "local":
-            from pcamflow.local.serving.deployer import stop_endpoint
+            from pcamflow.local.serving.process import stop_endpoint
 
             stopped = stop_endpoint(endpoint)
             state = "stopped" if stopped else "was not running"
@@ -152,15 +158,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "POST /endpoints/NAME/invocations and a web page at /. Stop it with Ctrl-C.",
     )
     p.add_argument("model", help="a model.tar.gz, or a run folder / settings file that made one")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
-    p.add_argument("--name", default="pcamflow", help="the endpoint's name (default pcamflow)")
+    p.add_argument("--host", default=DEFAULTS.host,
+                   help=f"address to bind (default {DEFAULTS.host}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULTS.port,
+                   help=f"port (default {DEFAULTS.port}; 0: any free one)")
+    p.add_argument("--name", default=DEFAULTS.name,
+                   help=f"the endpoint's name (default {DEFAULTS.name})")
     p.add_argument("--api-key", help=f"require this key on every route but /ping (better: set "
                    f"{API_KEY_ENV}, which other users cannot read from the process list)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a batch waits for requests on their way")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                   help=f"images per forward pass (default {DEFAULTS.max_batch_size})")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULTS.max_wait_ms,
+                   help="how long a batch waits for requests on their way "
+                   f"(default {DEFAULTS.max_wait_ms:g})")
     p.add_argument("--threads", type=int,
                    help="torch threads for the forward pass (default: one per core)")
     p.add_argument("--url-file", help="write the server's URL here once it listens")

@@ -12,10 +12,11 @@ from botocore.exceptions import ClientError
 
 from pcamflow import cli
 from pcamflow.artifacts import Endpoint, ModelArtifact
-from pcamflow.config import Settings
+from pcamflow.config import DeploySettings, Settings
 from pcamflow.errors import ConfigError, EndpointError, ModelError
 from pcamflow.local.model.archive import load_model_archive
-from pcamflow.local.serving.deployer import LocalDeployer, local_archive, start_server, stop_server
+from pcamflow.local.serving.deployer import LocalDeployer, local_archive
+from pcamflow.local.serving.process import start_server, stop_server
 from pcamflow.pipeline import Pipeline
 from pcamflow.sagemaker.runtime import EndpointClient
 from pcamflow.stages import Context, Trainer
@@ -55,7 +56,7 @@ def started():
     endpoints: list[Endpoint] = []
     yield endpoints
     for endpoint in endpoints:
-        stop_server(endpoint.pid, url_file=endpoint.resources.get("url_file"))
+        stop_server(endpoint.pid, spec_file=endpoint.resources.get("spec"))
 
 
 def test_deploy_predict_redeploy_and_teardown(tmp_path, monkeypatch, capsys, started) -> None:
@@ -120,7 +121,8 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path) -> None:
     archive = make_archive(tmp_path / "model.tar.gz")
     with pytest.raises(EndpointError, match="exited before it was ready") as caught:
         # an address of no interface here (TEST-NET-1): the bind fails
-        start_server(archive, host="192.0.2.1", log_dir=tmp_path / "deploy", timeout=120)
+        start_server(archive, DeploySettings(host="192.0.2.1"), log_dir=tmp_path / "deploy",
+                     timeout=120)
     assert "cannot listen on 192.0.2.1" in str(caught.value)  # the log's last lines
     assert not list((tmp_path / "deploy").glob("server.url"))
 

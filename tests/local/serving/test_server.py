@@ -197,7 +197,7 @@ def test_a_request_larger_than_a_batch_is_sliced() -> None:
     sizes: list[int] = []
 
     async def main():
-        batcher = _recording_batcher(sizes, max_batch_size=4)
+        batcher = _recording_batcher(sizes, max_batch_size=4, max_wait_ms=5.0)
         try:
             return await batcher.submit(_images(10))
         finally:
@@ -242,7 +242,7 @@ def test_a_failing_batch_fails_its_requests_and_the_next_batch_runs() -> None:
         return np.ones((len(images), 2))
 
     async def main():
-        batcher = MicroBatcher(predict)
+        batcher = MicroBatcher(predict, max_batch_size=32, max_wait_ms=5.0)
         try:
             with pytest.raises(RuntimeError, match="boom"):
                 await batcher.submit(_images(1))

@@ -16,6 +16,7 @@ import pytest
 from _endpoint import decoded, encode, make_archive, npy, patch
 from PIL import Image
 
+from pcamflow.config import DeploySettings
 from pcamflow.errors import ModelError
 from pcamflow.local.model.archive import load_model_archive
 from pcamflow.local.serving.app import create_app
@@ -256,6 +257,6 @@ def test_archives_without_a_model_are_refused(tmp_path) -> None:
         info = tarfile.TarInfo("readme.txt")
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(ModelError, match="not a pcamflow model archive"):
-        serve_model(empty, port=0)
+        serve_model(empty, DeploySettings(port=0))
     with pytest.raises(ModelError, match="not found"):
-        serve_model(tmp_path / "missing.tar.gz", port=0)
+        serve_model(tmp_path / "missing.tar.gz", DeploySettings(port=0))

@@ -42,19 +42,17 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pcamflow.config import DeploySettings
 from pcamflow.errors import ImageError, ModelError
 from pcamflow.local.serving.batching import MicroBatcher
 from pcamflow.local.serving.payloads import MAX_IMAGE_PIXELS, decode_body
 
-__all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "ApiError", "create_app", "make_predictor"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiError", "create_app", "make_predictor"]
 
 log = logging.getLogger("pcamflow.server")
 
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 """SageMaker real-time endpoints take at most 6 MB per request; so does this one."""
-
-API_KEY_ENV = "PCAMFLOW_API_KEY"
-"""The environment variable ``pcamflow serve`` reads the API key from."""
 
 PRODUCTION_VARIANT = "AllTraffic"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
@@ -185,6 +183,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_DEFAULTS = DeploySettings()
+
+
 def _static(name: str) -> bytes:
     return (resources.files("pcamflow.local.serving") / "static" / name).read_bytes()
 
@@ -194,8 +195,8 @@ def create_app(
     *,
     name: str,
     api_key: str | None = None,
-    max_batch_size: int = 32,
-    max_wait_ms: float = 5.0,
+    max_batch_size: int = _DEFAULTS.max_batch_size,
+    max_wait_ms: float = _DEFAULTS.max_wait_ms,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> FastAPI:

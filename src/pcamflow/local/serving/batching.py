@@ -87,7 +87,7 @@ class MicroBatcher:
         max_wait_ms: how long a batch waits for requests announced with :meth:`expect`.
     """
 
-    def __init__(self, predict: Predict, *, max_batch_size: int = 32, max_wait_ms: float = 5.0):
+    def __init__(self, predict: Predict, *, max_batch_size: int, max_wait_ms: float) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_wait_ms < 0:

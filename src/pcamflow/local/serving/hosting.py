@@ -12,16 +12,19 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcamflow.errors import EndpointError
+
+if TYPE_CHECKING:
+    from pcamflow.config import DeploySettings
 
 __all__ = ["ServerThread", "bind_socket", "run_server", "serve_model", "socket_url"]
 
 log = logging.getLogger("pcamflow.server")
 
 
-def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (port 0: a free one), IPv4 or IPv6."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -107,28 +110,22 @@ class ServerThread:
 
 def run_server(
     app: Any,
+    sock: socket.socket,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
     url_file: str | Path | None = None,
     log_level: str = "info",
-    sock: socket.socket | None = None,
 ) -> None:
-    """Serve ``app`` in this thread until interrupted (SIGINT or SIGTERM).
+    """Serve ``app`` on ``sock`` in this thread until interrupted (SIGINT or SIGTERM).
 
     Args:
         app: the ASGI application.
-        host: the address to bind.
-        port: the port (0: a free one).
+        sock: a socket bound already (by :func:`bind_socket`); it is closed at the end.
         url_file: where to write the base URL once the app is about to serve (what a parent
             process waits for when it asked for port 0).
         log_level: uvicorn's log level.
-        sock: a socket bound already (by :func:`bind_socket`); ``host`` and ``port`` are
-            then not used.
     """
     import uvicorn
 
-    sock = sock if sock is not None else bind_socket(host, port)
     url = socket_url(sock)
     if url_file is not None:
         from pcamflow._io import atomic_write
@@ -144,49 +141,53 @@ def run_server(
 
 def serve_model(
     archive: str | Path,
+    options: DeploySettings | None = None,
     *,
-    name: str = "pcamflow",
-    host: str = "127.0.0.1",
-    port: int = 8080,
     api_key: str | None = None,
-    max_batch_size: int = 32,
-    max_wait_ms: float = 5.0,
     url_file: str | Path | None = None,
     log_level: str = "info",
-    threads: int | None = None,
 ) -> None:
     """Load ``archive`` and serve it until interrupted (what ``pcamflow serve`` does).
 
-    ``threads`` sets torch's intra-op threads for the forward pass (None: torch's default,
-    one per core); on a machine shared with other work, fewer threads avoid oversubscription.
+    Args:
+        archive: the ``model.tar.gz``.
+        options: the server's name, address and batching (``[deploy]``; None: its defaults).
+            ``options.threads`` sets torch's intra-op threads for the forward pass; on a
+            machine shared with other work, fewer threads avoid oversubscription.
+        api_key: the key every route but ``/ping`` requires (None: none).
+        url_file: where to write the base URL once the server is about to serve.
+        log_level: uvicorn's log level.
 
     Raises:
         ModelError: the archive is missing or not a valid model archive (before anything
             listens).
         EndpointError: the address cannot be bound.
     """
+    from pcamflow.config import DeploySettings
+
+    options = options or DeploySettings()
     # bind first: a taken port or a wrong address fails at once, before the slow imports
-    sock = bind_socket(host, port)
+    sock = bind_socket(options.host, options.port)
     try:
         from pcamflow.local.model.archive import load_model_archive
         from pcamflow.local.serving.app import create_app
 
         model = load_model_archive(archive)
-        if threads:
+        if options.threads:
             import torch
 
-            torch.set_num_threads(threads)
+            torch.set_num_threads(options.threads)
         log.info(
             "loaded %s (%s, classes %s)", archive, model.meta.architecture,
             list(model.meta.classes),
         )
         app = create_app(
             model,
-            name=name,
+            name=options.name,
             api_key=api_key,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
+            max_batch_size=options.max_batch_size,
+            max_wait_ms=options.max_wait_ms,
         )
-        run_server(app, url_file=url_file, log_level=log_level, sock=sock)
+        run_server(app, sock, url_file=url_file, log_level=log_level)
     finally:
         sock.close()
