@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _plugin import needs_example_plugin
 from pcamflow.cli import main
 
 
@@ -22,6 +23,7 @@ evaluator = "none"
 """
 
 
+@needs_example_plugin
 def test_validate_accepts_a_good_file(tmp_path, capsys):
     path = write(tmp_path, PLUGIN_ONLY.format(run=tmp_path / "run"))
     assert main(["validate", str(path)]) == 0
@@ -48,6 +50,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in out.stderr and "HyperparameterError" in out.stderr
 
 
+@needs_example_plugin
 def test_an_unknown_stage_name_is_a_usage_error(tmp_path, capsys):
     path = write(
         tmp_path,
@@ -58,6 +61,7 @@ def test_an_unknown_stage_name_is_a_usage_error(tmp_path, capsys):
     assert "trainer 'mypkg.nothing' is not registered" in capsys.readouterr().err
 
 
+@needs_example_plugin
 def test_stages_lists_name_kind_class_and_distribution(capsys):
     assert main(["stages"]) == 0
     out = capsys.readouterr().out
@@ -71,6 +75,7 @@ def test_stages_lists_name_kind_class_and_distribution(capsys):
     ]
 
 
+@needs_example_plugin
 def test_run_runs_a_plugin_stage_then_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     path = write(tmp_path, PLUGIN_ONLY.format(run=run))

@@ -1,9 +1,11 @@
 import pytest
-from pcamflow_example_plugin import SolidColourConverter
 
+from _plugin import example_plugin
 from pcamflow import Registry
 from pcamflow.errors import DuplicateStageError, RegistryError
 from pcamflow.stages import Trainer
+
+SolidColourConverter = example_plugin().SolidColourConverter
 
 
 def test_the_installed_plugin_registers_through_its_entry_point():

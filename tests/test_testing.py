@@ -1,11 +1,13 @@
 import pytest
-from pcamflow_example_plugin import SolidColourConverter
 
+from _plugin import example_plugin
 from _stages import FileConverter, FileManifests
 from pcamflow import Settings
 from pcamflow.artifacts import ImageDataset, ModelArtifact
 from pcamflow.stages import Context, Stage, Trainer
 from pcamflow.testing import StageContractError, check_stage
+
+SolidColourConverter = example_plugin().SolidColourConverter
 
 
 def test_a_good_stage_passes_and_runs_in_a_context(tmp_path):
