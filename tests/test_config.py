@@ -29,9 +29,9 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
         ({"pipeline": {"seed": 1.5}}, "pipeline.seed: expected an integer, got 1.5"),
         (
             {"data": {"splits": ["train", "holdout"]}},
-            "data.splits: ('train', 'holdout') must be a non-empty list",
+            "data.splits: 'holdout' is not one of train, valid, test",
         ),
-        ({"deploy": {"port": 70000}}, "deploy.port: 70000 is not a port"),
+        ({"deploy": {"port": 70000}}, "deploy.port: 70000 is outside 0..65535"),
         (
             {"tune": {"max_jobs": 2, "max_parallel_jobs": 3}},
             "tune.max_parallel_jobs: 3 is greater than max_jobs (2)",
@@ -112,7 +112,7 @@ def test_to_dict_round_trips():
                     "optimizer": {"type": "categorical", "values": ["sgd", "adam"]},
                 },
             },
-            "aws": {"tags": {"project": "pcam"}, "subnets": ["subnet-1"]},
+            "aws": {"tags": {"project": "pcam"}, "network": {"subnets": ["subnet-1"]}},
         }
     )
     assert Settings.from_dict(settings.to_dict()) == settings

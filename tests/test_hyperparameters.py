@@ -7,7 +7,8 @@ import pytest
 
 from pcamflow.config import Settings
 from pcamflow.errors import ConfigError, HyperparameterError
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.tuning_ranges import TuningRange
 
 
 def test_defaults_are_the_algorithms() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import attrs
 
 from pcamflow import config
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.tuning_ranges import TuningRange
 
 HYPERPARAMETER_HELP = {
     "num_classes": "Output classes (2 for PCam).",
