@@ -292,4 +292,5 @@ def allowed(validator: Any) -> str:
     if isinstance(validator, _InstanceOf) or validator is _NOT_BOOL:
         return ""
     doc = (getattr(validator, "__doc__", None) or "").strip().splitlines()
-    return doc[0].rstrip(".") if doc else ""
+    first = doc[0].rstrip(".") if doc else ""
+    return first[:1].lower() + first[1:]

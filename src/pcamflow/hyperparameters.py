@@ -104,7 +104,10 @@ class Hyperparameters:
     ``checkpoint_frequency`` exceeds ``epochs``, ``resize`` is smaller than the height or width
     of ``image_shape`` (the algorithm's training would fail), ``top_k`` exceeds
     ``num_classes``, or ``use_pretrained_model=1`` asks for a depth that has no pretrained
-    network (only 18, 34, 50, 101, 152 and 200 have one).
+    network (only 18, 34, 50, 101, 152 and 200 have one). Two bounds are tighter than AWS's
+    page, so that what passes here also trains: ``beta_1`` and ``beta_2`` stay below 1 (a
+    moment decay of 1 divides by zero in Adam's bias correction, and torch refuses it), and
+    ``num_classes`` is at most 2**31 - 1. NaN fails every range.
     """
 
     num_classes: int = attrs.field(default=2, validator=[INTEGER, ge(1), le(MAX_CLASSES)])
@@ -293,7 +296,7 @@ class LocalExtensions:
         seed: the random seed of training (None: the pipeline's seed).
         weights_file: local weights to start from when ``use_pretrained_model=1``.
         num_workers: DataLoader worker processes (None: one per core, at most 4).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        device: where to train (``auto``: CUDA when present).
     """
 
     dihedral: bool = attrs.field(default=False, validator=BOOLEAN)

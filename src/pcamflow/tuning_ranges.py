@@ -35,11 +35,12 @@ class TuningRange:
     """One hyperparameter's search range, in SageMaker's three kinds.
 
     Attributes:
-        type: ``continuous``, ``integer`` or ``categorical``.
+        type: the kind of range (required).
         min_value: the low end (continuous and integer).
         max_value: the high end (continuous and integer).
         values: the choices (categorical), as given in the settings.
-        scaling: ``Auto``, ``Linear``, ``Logarithmic`` or ``ReverseLogarithmic``.
+        scaling: how values are spread over a continuous or integer range (``Auto``: as
+            SageMaker chooses).
     """
 
     type: RangeType = attrs.field(validator=in_(RANGE_TYPES))
