@@ -89,8 +89,7 @@ def test_transform_input_manifest_finds_the_common_prefix() -> None:
 
 
 def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path: Path) -> None:
-    """``evaluate_via = "endpoint"`` ([aws.evaluation]) with a stock runtime client, against the
-    local endpoint."""
+    """``evaluate_via = "endpoint"`` with a stock runtime client, against the local endpoint."""
     pytest.importorskip("torch")
     pytest.importorskip("fastapi")
     import io
