@@ -207,23 +207,26 @@ def structure(data: Any, cls: type[_T], error: type[PcamflowError] = ConfigError
     raise kind("\n".join(dict.fromkeys(line for _, line in problems))) from None
 
 
-def _problems(caught: BaseException, path: str) -> list[tuple[BaseException, str]]:
+def _problems(
+    caught: BaseException, path: str, also_known: tuple[str, ...] = ()
+) -> list[tuple[BaseException, str]]:
+    """(problem, message) pairs; ``also_known``: the keys an INLINE field shares its table with."""
     if isinstance(caught, ClassValidationError):
         with_notes, without = caught.group_exceptions()
         out = []
         for inner, note in with_notes:
             field = attrs.fields_dict(caught.cl).get(note.name)
-            flat = field is not None and field.metadata.get(INLINE)
-            where = path if flat else join_key(path, note.name)
             if isinstance(inner, KeyError) and field is not None:
                 choices = allowed(field.validator)
                 extra = f" ({choices})" if choices else ""
-                out.append((inner, f"{where}: required, but not given{extra}"))
+                out.append((inner, f"{join_key(path, note.name)}: required, but not given{extra}"))
+            elif field is not None and field.metadata.get(INLINE):
+                out += _problems(inner, path, _keys(caught.cl, but=field.name))
             else:
-                out += _problems(inner, where)
+                out += _problems(inner, join_key(path, note.name))
         for inner in without:
             if isinstance(inner, ForbiddenExtraKeysError):
-                out += _unknown_keys(inner, caught.cl, path)
+                out += _unknown_keys(inner, [*_keys(caught.cl), *also_known], path)
             else:
                 out += _problems(inner, path)
         return out
@@ -242,10 +245,15 @@ def _problems(caught: BaseException, path: str) -> list[tuple[BaseException, str
     return [(caught, f"{path or 'settings'}: {caught}")]
 
 
+def _keys(cls: type, but: str = "") -> tuple[str, ...]:
+    """The keys a table of ``cls`` may hold."""
+    return tuple(f.name for f in attrs.fields(cls) if not f.metadata.get(OMIT) and f.name != but)
+
+
 def _unknown_keys(
-    caught: ForbiddenExtraKeysError, cls: type, path: str
+    caught: ForbiddenExtraKeysError, keys: list[str], path: str
 ) -> list[tuple[BaseException, str]]:
-    known = sorted(f.name for f in attrs.fields(cls) if not f.metadata.get(OMIT))
+    known = sorted(keys)
     out = []
     for key in sorted(caught.extra_fields):
         close = difflib.get_close_matches(key, known, n=1)
