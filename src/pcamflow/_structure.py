@@ -18,6 +18,7 @@ read from the data: a settings file cannot set where it was read from).
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import types
 import typing
@@ -37,12 +38,15 @@ from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn, overri
 from pcamflow._validation import allowed, expected, join_key
 from pcamflow.errors import ConfigError, PcamflowError
 
-__all__ = ["INLINE", "OMIT", "converter", "structure", "structure_attrs_fn"]
+__all__ = ["INLINE", "OMIT", "READING", "converter", "structure", "structure_attrs_fn"]
 
 INLINE = "pcamflow.inline"
 """Field metadata: the field's own keys are written in its parent's table."""
 OMIT = "pcamflow.omit"
 """Field metadata: the field is set by code, never from the data."""
+
+READING: contextvars.ContextVar[str | None] = contextvars.ContextVar("READING", default=None)
+"""The file whose data is being structured, for hooks that warn (None: not from a file)."""
 
 converter = cattrs.Converter(forbid_extra_keys=True)
 
