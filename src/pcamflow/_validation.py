@@ -200,17 +200,14 @@ def _in_context(child: Any, siblings: Sequence[Any], value: Any) -> str | None:
             kinds = types[0].type if isinstance(types[0].type, tuple) else (types[0].type,)
             return expected(kinds, value)
     interval = _interval(siblings)
-    if interval and child in interval:
+    if interval and child in interval and isinstance(value, int | float):
         return f"{value!r} is outside {_interval_words(*interval)}"
     return None
 
 
 def _interval(validators: Sequence[Any]) -> tuple[Any, Any] | None:
     """The lower and upper bound among ``validators``, when there is exactly one of each."""
-    bounds = [
-        x for x in validators
-        if isinstance(x, _Bound) and not math.isinf(x.bound)
-    ]
+    bounds = [x for x in validators if isinstance(x, _Bound) and not math.isinf(x.bound)]
     low = [b for b in bounds if b.compare_op in _LOWER]
     high = [b for b in bounds if b.compare_op not in _LOWER]
     return (low[0], high[0]) if len(low) == 1 and len(high) == 1 else None
