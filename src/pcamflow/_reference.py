@@ -141,9 +141,10 @@ def settings_reference() -> str:
         "# Configuration",
         "",
         "One TOML file configures a run; each table below is one class in `pcamflow.config`.",
-        "Unknown keys, wrong types and values out of range are errors that name the key path.",
-        "Relative paths are taken from the current directory. This page is generated from the",
-        "classes by `python -m pcamflow._reference`.",
+        "Unknown keys, wrong types and values out of range are errors that name the key path,",
+        "one line per problem; the *allowed* column is what the classes check. Relative paths",
+        "are taken from the current directory. This page is generated from the classes by",
+        "`python -m pcamflow._reference`.",
         "",
     ]
     tables = [
