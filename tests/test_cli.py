@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from _plugin import needs_example_plugin
@@ -130,3 +131,12 @@ def test_predict_without_boto3_names_the_extra_to_install(tmp_path):
         "pcamflow: error: pcamflow.sagemaker needs the 'sagemaker' extra, which is not "
         "installed: pip install 'pcamflow[sagemaker]'"
     )
+
+
+def test_an_old_flat_aws_key_is_named_once_with_its_new_place(tmp_path, caplog):
+    path = write(tmp_path, '[aws]\ninstance_type = "ml.g4dn.xlarge"\n')
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["validate", str(path)]) == 0
+    assert caplog.text.count("aws.instance_type has moved to aws.training.instance_type") == 1
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)]  # logged, not twice

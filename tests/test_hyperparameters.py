@@ -6,8 +6,9 @@ import attrs
 import pytest
 
 from pcamflow.config import Settings
-from pcamflow.errors import ConfigError, HyperparameterError
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow.errors import ConfigError, HyperparameterError, TuningRangeError
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, kind_of
+from pcamflow.tuning_ranges import TuningRange
 
 
 def test_defaults_are_the_algorithms() -> None:
@@ -157,3 +158,38 @@ def test_tuning_ranges_are_checked_against_the_contract() -> None:
             "learning_rate", base)
     with pytest.raises(HyperparameterError, match="optimizer"):
         TuningRange(type="categorical", values=["sgd", "lbfgs"]).check_against("optimizer", base)
+
+
+def test_a_tuning_range_checks_itself_with_its_own_error() -> None:
+    with pytest.raises(TuningRangeError, match=r"^min_value: 0\.9 is greater than max_value 0\.1"):
+        TuningRange(type="continuous", min_value=0.9, max_value=0.1)
+    with pytest.raises(TuningRangeError,
+                       match=r"^type: 'uniform' is not one of continuous, integer, categorical$"):
+        TuningRange(type="uniform")
+    with pytest.raises(TuningRangeError, match=r"^values: expected a string or a number, got True"):
+        TuningRange(type="categorical", values=[True])
+    with pytest.raises(TuningRangeError, match=r"^max_value: inf is not a finite number"):
+        TuningRange(type="continuous", min_value=0.1, max_value=float("inf"))
+    # in a settings file, the range's key path comes first
+    with pytest.raises(TuningRangeError, match=r"^tune\.ranges\.momentum\.min_value: 0\.9"):
+        Settings.from_dict({"tune": {"ranges": {"momentum": {
+            "type": "continuous", "min_value": 0.9, "max_value": 0.1}}}})
+
+
+def test_each_hyperparameters_kind_comes_from_its_annotation() -> None:
+    assert (kind_of("num_layers"), kind_of("learning_rate"), kind_of("early_stopping")) == (
+        int, float, bool)
+    assert (kind_of("optimizer"), kind_of("augmentation_type"), kind_of("resize")) == (
+        str, str, int)
+    with pytest.raises(HyperparameterError, match="dropout: not a hyperparameter"):
+        kind_of("dropout")
+
+
+def test_nan_and_an_adam_decay_of_one_are_refused_in_code_too() -> None:
+    with pytest.raises(HyperparameterError,
+                       match=r"^learning_rate: nan is outside \(0\.0, 1\.0\]$"):
+        Hyperparameters(learning_rate=float("nan"))
+    with pytest.raises(HyperparameterError, match=r"^beta_2: 1\.0 is outside \[0\.0, 1\.0\)$"):
+        Hyperparameters(beta_2=1.0)
+    with pytest.raises(HyperparameterError, match=r"^learning_rate: nan is outside"):
+        Hyperparameters().with_values(learning_rate="nan")

@@ -2,7 +2,7 @@ import pytest
 
 from _plugin import example_plugin
 from pcamflow import Registry
-from pcamflow.errors import DuplicateStageError, RegistryError
+from pcamflow.errors import DuplicateStageError, PluginLoadError, RegistryError
 from pcamflow.stages import Trainer
 
 SolidColourConverter = example_plugin().SolidColourConverter
@@ -19,7 +19,7 @@ def test_a_broken_plugin_is_reported_by_name_and_the_others_still_load():
     registry = Registry.from_entry_points("pcamflow.stages.test_broken")
     assert registry.get("converter", "example.solid") is SolidColourConverter
     assert "trainer.example.broken" in registry.failures
-    with pytest.raises(RegistryError) as caught:
+    with pytest.raises(PluginLoadError) as caught:
         registry.get("trainer", "example.broken")
     message = str(caught.value)
     assert "pcamflow_example_plugin.broken:BrokenTrainer" in message

@@ -27,7 +27,7 @@ from pcamflow.errors import (
     RegistryError,
     StageError,
 )
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.pipeline import Pipeline, RunResult
 from pcamflow.registry import Registry
 from pcamflow.stages import (
@@ -40,6 +40,7 @@ from pcamflow.stages import (
     Trainer,
     Tuner,
 )
+from pcamflow.tuning_ranges import TuningRange
 
 __version__ = "0.1.0"
 

@@ -7,34 +7,38 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import typing
 from typing import Any
 
 import attrs
 
 from pcamflow import config
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow._structure import OMIT
+from pcamflow._validation import allowed
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.tuning_ranges import TuningRange
 
 HYPERPARAMETER_HELP = {
     "num_classes": "Output classes (2 for PCam).",
     "num_training_samples": "Training images; filled from the train manifest's count.",
     "image_shape": "`channels,height,width` of the network input.",
-    "num_layers": "ResNet depth: 18, 34, 50, 101, 152, 200, "
-    "or the small-image 20, 32, 44, 56, 110.",
+    "num_layers": "ResNet depth; 20, 32, 44, 56 and 110 are the small-image networks.",
     "epochs": "Training epochs.",
     "mini_batch_size": "Images per training batch.",
-    "learning_rate": "Initial learning rate, in (0, 1].",
+    "learning_rate": "Initial learning rate.",
     "lr_scheduler_step": "Epochs at which the learning rate is multiplied by "
     '`lr_scheduler_factor`, e.g. `"10,20"`.',
     "lr_scheduler_factor": "Factor applied at each `lr_scheduler_step`.",
-    "optimizer": "`sgd`, `adam`, `rmsprop` or `nag`.",
+    "optimizer": "The optimizer (`nag`: SGD with Nesterov momentum).",
     "momentum": "Momentum of `sgd` and `nag`.",
     "weight_decay": "L2 weight decay.",
-    "beta_1": "`adam`'s first-moment decay.",
-    "beta_2": "`adam`'s second-moment decay.",
+    "beta_1": "`adam`'s first-moment decay (below 1: a decay of 1 never forgets).",
+    "beta_2": "`adam`'s second-moment decay (below 1).",
     "eps": "`adam`'s and `rmsprop`'s epsilon.",
     "gamma": "`rmsprop`'s decay.",
-    "augmentation_type": "`crop`, `crop_color` or `crop_color_transform` (unset: none).",
+    "augmentation_type": "Augmentation: random crops, plus colour, plus affine transforms "
+    "(unset: none).",
     "resize": "Resize the shorter side to this many pixels before cropping.",
     "top_k": "Report top-k accuracy during training.",
     "early_stopping": "Stop when validation accuracy stops improving.",
@@ -42,12 +46,12 @@ HYPERPARAMETER_HELP = {
     "early_stopping_patience": "Epochs without improvement before stopping.",
     "early_stopping_tolerance": "Relative improvement that counts as improvement.",
     "checkpoint_frequency": "Save a checkpoint every N epochs (unset: the best epoch).",
-    "precision_dtype": "`float32` or `float16` (mixed precision).",
+    "precision_dtype": "`float16`: mixed precision.",
     "use_pretrained_model": "1: start from pretrained weights "
     "(offline: `extensions.weights_file`).",
     "use_weighted_loss": "1: weight the loss by inverse class frequency.",
     "multi_label": "1: multi-label classification.",
-    "kv_store": "Distributed training's key-value store: `dist_sync` or `dist_async`.",
+    "kv_store": "Distributed training's key-value store.",
 }
 
 
@@ -69,8 +73,17 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(hint: Any) -> str:
-    text = str(hint).replace("typing.", "").replace("NoneType", "None")
-    return re.sub(r"<class '(\w+)'>", r"\1", text).replace("pcamflow.hyperparameters.", "")
+    """A field's type as a settings file sees it: ``str`` for a choice, ``list`` for a tuple."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return _type_name(type(args[0]))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return f"list[{_type_name(args[0])}]"
+    if origin is dict:
+        return f"dict[{_type_name(args[0])}, {_type_name(args[1])}]"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def _default(field: attrs.Attribute[Any]) -> str:
@@ -103,16 +116,23 @@ def _table(title: str, cls: type, help_: dict[str, str] | None = None) -> list[s
         "",
         summary,
         "",
-        "| key | type | default | meaning |",
-        "| --- | --- | --- | --- |",
+        "| key | type | default | allowed | meaning |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for field in attrs.fields(cls):
-        if attrs.has(hints[field.name]):
+        if attrs.has(hints[field.name]) or field.metadata.get(OMIT):
             continue
-        meaning = docs.get(field.name, "").replace("|", "\\|").replace("``", "`")
-        kind = _type_name(hints[field.name]).replace("|", "\\|")
-        lines.append(f"| `{field.name}` | `{kind}` | `{_default(field)}` | {meaning} |")
+        meaning = _cell(docs.get(field.name, ""))
+        kind = _cell(_type_name(hints[field.name]))
+        rule = _cell(allowed(field.validator))
+        lines.append(
+            f"| `{field.name}` | `{kind}` | `{_default(field)}` | {rule} | {meaning} |"
+        )
     return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("``", "`")
 
 
 def settings_reference() -> str:
@@ -121,9 +141,10 @@ def settings_reference() -> str:
         "# Configuration",
         "",
         "One TOML file configures a run; each table below is one class in `pcamflow.config`.",
-        "Unknown keys, wrong types and values out of range are errors that name the key path.",
-        "Relative paths are taken from the current directory. This page is generated from the",
-        "classes by `python -m pcamflow._reference`.",
+        "Unknown keys, wrong types and values out of range are errors that name the key path,",
+        "one line per problem; the *allowed* column is what the classes check. Relative paths",
+        "are taken from the current directory. This page is generated from the classes by",
+        "`python -m pcamflow._reference`.",
         "",
     ]
     tables = [
@@ -142,8 +163,19 @@ def settings_reference() -> str:
         ("[evaluate]", config.EvaluateSettings),
         ("[deploy]", config.DeploySettings),
         ("[aws]", config.AwsSettings),
+        ("[aws.network]", config.AwsNetworkSettings),
+        ("[aws.training]", config.AwsTrainingSettings),
+        ("[aws.evaluation]", config.AwsEvaluationSettings),
+        ("[aws.endpoint]", config.AwsEndpointSettings),
     ]:
         lines += _table(title, cls)
+        if cls is config.AwsSettings:
+            lines += [
+                "The keys of the four tables below were once written in `[aws]` itself",
+                "(`[aws] instance_type = ...`). Such files still load, with a warning naming each",
+                "key's new table; a key given in both places is an error.",
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -18,8 +18,8 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
 import attrs
-import cattrs
 
+from pcamflow._structure import converter
 from pcamflow.errors import PcamflowError
 
 __all__ = [
@@ -37,7 +37,6 @@ SPLITS = ("train", "valid", "test")
 
 _A = TypeVar("_A", bound="Artifact")
 _TYPES: dict[str, type[Artifact]] = {}
-_converter = cattrs.Converter()
 
 
 def uri_exists(uri: str, s3: Any = None) -> bool:
@@ -77,7 +76,7 @@ class Artifact:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, tagged with the artifact's type."""
-        return {"type": type(self).__name__, **_converter.unstructure(self)}
+        return {"type": type(self).__name__, **converter.unstructure(self)}
 
     def to_json(self) -> str:
         """The artifact as a JSON string."""
@@ -96,7 +95,7 @@ class Artifact:
             ) from None
         if not issubclass(target, cls):
             raise PcamflowError(f"artifact type {name!r} is not a {cls.__name__}")
-        return _converter.structure(data, target)
+        return converter.structure(data, target)
 
     @classmethod
     def from_json(cls: type[_A], text: str) -> _A:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from pcamflow.errors import ConfigError, PcamflowError, exit_code
@@ -136,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # pcamflow logs each deprecation it warns of; on the command line, say it once
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"pcamflow\.")
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("pcamflow: interrupted; a re-run resumes where this one stopped", file=sys.stderr)
         return 130

@@ -2,9 +2,13 @@
 
 Each table of the file is one class: ``[pipeline]`` says where the run lives and which
 registered implementation runs each stage; ``[data]``, ``[convert]``, ``[manifests]``,
-``[tune]``, ``[train]``, ``[evaluate]``, ``[deploy]`` and ``[aws]`` configure the stages.
+``[tune]``, ``[train]``, ``[evaluate]``, ``[deploy]`` and ``[aws]`` (with ``[aws.network]``,
+``[aws.training]``, ``[aws.evaluation]`` and ``[aws.endpoint]``, in
+:mod:`pcamflow.aws_settings`) configure the stages.
+The file is structured by pcamflow's one cattrs converter (:mod:`pcamflow._structure`); the
+checks are :mod:`attrs.validators` on the fields, so building a class in code checks the same.
 An unknown key, a value of the wrong type or a value outside what is allowed raises
-:class:`~pcamflow.errors.ConfigError` naming the key path::
+:class:`~pcamflow.errors.ConfigError` naming the key path, one line per problem::
 
     train.num_layers: 19 is not one of 18, 20, 32, 34, 44, 50, 56, 101, 110, 152, 200
 
@@ -14,18 +18,27 @@ Relative paths are taken from the current directory. Variants are made with
 
 from __future__ import annotations
 
-import difflib
 import sys
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
+from attrs.validators import deep_iterable, ge, in_, le, min_len, optional
 
-from pcamflow.errors import ConfigError, HyperparameterError
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow._structure import INLINE, OMIT, READING, converter, structure
+from pcamflow._validation import FINITE, INTEGER, MAX_SEED, NUMBER, checked
+from pcamflow.aws_settings import (
+    AwsEndpointSettings,
+    AwsEvaluationSettings,
+    AwsNetworkSettings,
+    AwsSettings,
+    AwsTrainingSettings,
+)
+from pcamflow.errors import ConfigError, HyperparameterError, TuningRangeError
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.tuning_ranges import TuningRange
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +47,11 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "API_KEY_ENV",
+    "AwsEndpointSettings",
+    "AwsEvaluationSettings",
+    "AwsNetworkSettings",
     "AwsSettings",
+    "AwsTrainingSettings",
     "ConvertSettings",
     "DataSettings",
     "DeploySettings",
@@ -46,24 +63,21 @@ __all__ = [
     "TuneSettings",
 ]
 
+Split = Literal["train", "valid", "test"]
+Strategy = Literal["Bayesian", "Random", "Grid", "Hyperband"]
+Objective = Literal["validation:accuracy"]
+TuneEarlyStopping = Literal["Off", "Auto"]
 
-def _check(predicate: Any, expected: str) -> Any:
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not predicate(value):
-            raise ConfigError(f"{attribute.name}: {value!r} {expected}")
-
-    return check
-
-
-def _choice(*allowed: str) -> Any:
-    return _check(lambda v: v in allowed, "is not one of " + ", ".join(allowed))
+_COUNT = [INTEGER, ge(1)]
+_AT_LEAST_0 = [INTEGER, ge(0)]
+_checked = checked(ConfigError)
 
 
-_POSITIVE = _check(lambda v: v >= 1, "must be at least 1")
-_NON_NEGATIVE = _check(lambda v: v >= 0, "must not be negative")
+def _choices(hint: Any) -> Any:
+    return in_(typing.get_args(hint))
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class PipelineSettings:
     """``[pipeline]``: the run folder, the seed, and the implementation of each stage.
 
@@ -82,7 +96,7 @@ class PipelineSettings:
     """
 
     run_dir: str = "runs/pcamflow"
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=[INTEGER, ge(0), le(MAX_SEED)])
     converter: str = "local"
     manifest_builder: str = "local"
     tuner: str = "none"
@@ -96,7 +110,7 @@ class PipelineSettings:
         return {k: getattr(self, k) for k in kinds if getattr(self, k) not in ("none", "")}
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class DataSettings:
     """``[data]``: where the PCam HDF5 files are.
 
@@ -108,36 +122,31 @@ class DataSettings:
     """
 
     source: str = "data/pcam"
-    splits: tuple[str, ...] = attrs.field(
+    splits: tuple[Split, ...] = attrs.field(
         default=("train", "valid", "test"),
         converter=tuple,
-        validator=_check(
-            lambda v: v and set(v) <= {"train", "valid", "test"},
-            "must be a non-empty list of train, valid, test",
-        ),
+        validator=deep_iterable(_choices(Split), min_len(1)),
     )
     cache_dir: str | None = None
     verify_checksums: bool = True
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class ConvertSettings:
     """``[convert]``: HDF5 -> JPEG conversion.
 
     Attributes:
-        quality: JPEG quality, 1..100.
+        quality: JPEG quality.
         workers: worker processes (None: one per core).
         output: the image tree's root (None: ``<run_dir>/convert/images``).
     """
 
-    quality: int = attrs.field(
-        default=95, validator=_check(lambda v: 1 <= v <= 100, "is outside 1..100")
-    )
-    workers: int | None = attrs.field(default=None, validator=_POSITIVE)
+    quality: int = attrs.field(default=95, validator=[INTEGER, ge(1), le(100)])
+    workers: int | None = attrs.field(default=None, validator=optional(_COUNT))
     output: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class ManifestSettings:
     """``[manifests]``: augmented manifests and ``.lst`` files.
 
@@ -148,36 +157,34 @@ class ManifestSettings:
     """
 
     shuffle: bool = True
-    max_per_class: int | None = attrs.field(default=None, validator=_POSITIVE)
+    max_per_class: int | None = attrs.field(default=None, validator=optional(_COUNT))
     check_images: bool = True
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class TuneSettings:
     """``[tune]``: hyperparameter tuning, as a SageMaker tuning job defines it.
 
     Attributes:
-        strategy: ``Bayesian``, ``Random``, ``Grid`` or ``Hyperband``.
+        strategy: how trials are chosen.
         max_jobs: training jobs in all.
         max_parallel_jobs: training jobs at once.
         objective: the metric to maximise.
-        early_stopping: ``Off`` or ``Auto`` (stop poor trials early).
+        early_stopping: ``Auto`` stops poor trials early.
         warm_start_from: an earlier study (local: its folder; SageMaker: a tuning job name).
         epochs: epochs per trial (None: ``train.epochs``).
         ranges: hyperparameter name -> range (``[tune.ranges.learning_rate]``).
     """
 
-    strategy: str = attrs.field(
-        default="Bayesian", validator=_choice("Bayesian", "Random", "Grid", "Hyperband")
+    strategy: Strategy = attrs.field(default="Bayesian", validator=_choices(Strategy))
+    max_jobs: int = attrs.field(default=4, validator=_COUNT)
+    max_parallel_jobs: int = attrs.field(default=1, validator=_COUNT)
+    objective: Objective = attrs.field(default="validation:accuracy", validator=_choices(Objective))
+    early_stopping: TuneEarlyStopping = attrs.field(
+        default="Off", validator=_choices(TuneEarlyStopping)
     )
-    max_jobs: int = attrs.field(default=4, validator=_POSITIVE)
-    max_parallel_jobs: int = attrs.field(default=1, validator=_POSITIVE)
-    objective: str = attrs.field(
-        default="validation:accuracy", validator=_choice("validation:accuracy")
-    )
-    early_stopping: str = attrs.field(default="Off", validator=_choice("Off", "Auto"))
     warm_start_from: str | None = None
-    epochs: int | None = attrs.field(default=None, validator=_POSITIVE)
+    epochs: int | None = attrs.field(default=None, validator=optional(_COUNT))
     ranges: dict[str, TuningRange] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -205,11 +212,13 @@ class TuneSettings:
 class TrainSettings:
     """``[train]``: the algorithm's hyperparameters; ``[train.extensions]``: local-only ones."""
 
-    hyperparameters: Hyperparameters = attrs.field(factory=Hyperparameters)
+    hyperparameters: Hyperparameters = attrs.field(
+        factory=Hyperparameters, metadata={INLINE: True}
+    )
     extensions: LocalExtensions = attrs.field(factory=LocalExtensions)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class EvaluateSettings:
     """``[evaluate]``: scoring the model on the test split.
 
@@ -221,18 +230,18 @@ class EvaluateSettings:
         top_errors: how many most-confident errors to show per kind.
     """
 
-    split: str = attrs.field(default="test", validator=_choice("train", "valid", "test"))
+    split: Split = attrs.field(default="test", validator=_choices(Split))
     tta: bool = False
-    bootstrap: int = attrs.field(default=1000, validator=_NON_NEGATIVE)
-    batch_size: int = attrs.field(default=128, validator=_POSITIVE)
-    top_errors: int = attrs.field(default=16, validator=_NON_NEGATIVE)
+    bootstrap: int = attrs.field(default=1000, validator=_AT_LEAST_0)
+    batch_size: int = attrs.field(default=128, validator=_COUNT)
+    top_errors: int = attrs.field(default=16, validator=_AT_LEAST_0)
 
 
 API_KEY_ENV = "PCAMFLOW_API_KEY"
 """The environment variable a local endpoint server reads its API key from."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_checked)
 class DeploySettings:
     """``[deploy]``: the prediction endpoint.
 
@@ -252,111 +261,21 @@ class DeploySettings:
 
     name: str = "pcamflow"
     host: str = "127.0.0.1"
-    port: int = attrs.field(
-        default=8080, validator=_check(lambda v: 0 <= v <= 65535, "is not a port")
-    )
+    port: int = attrs.field(default=8080, validator=[INTEGER, ge(0), le(65535)])
     api_key_env: str | None = None
-    max_batch_size: int = attrs.field(default=32, validator=_POSITIVE)
-    max_wait_ms: float = attrs.field(default=5.0, validator=_NON_NEGATIVE)
-    threads: int | None = attrs.field(default=None, validator=_POSITIVE)
+    max_batch_size: int = attrs.field(default=32, validator=_COUNT)
+    max_wait_ms: float = attrs.field(default=5.0, validator=[NUMBER, FINITE, ge(0)])
+    threads: int | None = attrs.field(default=None, validator=optional(_COUNT))
     instance_type: str = "ml.m5.large"
-    initial_instance_count: int = attrs.field(default=1, validator=_POSITIVE)
-
-
-@attrs.frozen(kw_only=True)
-class AwsSettings:
-    """``[aws]``: account-wide settings of the SageMaker backend.
-
-    Attributes:
-        region: the AWS region (None: the SDK's default).
-        role_arn: the SageMaker execution role (None: the role of the SageMaker notebook or
-            Studio session this runs in).
-        bucket: the S3 bucket (None: SageMaker's default bucket, ``sagemaker-<region>-<account>``).
-        prefix: the key prefix of everything pcamflow writes.
-        instance_type: training instance type.
-        instance_count: training instances.
-        volume_size_gb: training volume size.
-        max_runtime_s: a training job's limit.
-        use_spot: managed spot training.
-        max_wait_s: spot training's limit, waiting included.
-        checkpoint_s3_uri: where spot training checkpoints.
-        kms_key_id: KMS key for S3 objects and job volumes (None: SSE-S3).
-        subnets: VPC subnets of jobs and endpoints.
-        security_group_ids: VPC security groups of jobs and endpoints.
-        tags: tags put on every resource.
-        prices: instance type -> USD per hour, for ``pcamflow plan``'s estimate.
-        profile: the AWS credentials profile (None: the default credential chain).
-        max_attempts: attempts per AWS request, throttling retried (botocore's standard mode).
-        upload_workers: S3 uploads at once.
-        poll_s: seconds between status checks of a running job or endpoint.
-        transform_instance_type: the batch transform's instance type (evaluation).
-        transform_instance_count: the batch transform's instances.
-        evaluate_via: ``transform`` (a batch transform job) or ``endpoint`` (invoke the
-            endpoint named ``deploy.name``, which must be InService).
-        estimated_runtime_s: the expected length of one training job, for the cost
-            estimate (None: ``max_runtime_s``, the most it can cost).
-        endpoint_hours: hours an endpoint is assumed to run, for the cost estimate.
-        data_capture_s3_uri: capture endpoint requests and answers here (None: off).
-        data_capture_percent: the share of requests captured, 1..100.
-        autoscaling_max_instances: scale the endpoint up to this many instances (None: off).
-        autoscaling_target_invocations: invocations per instance per minute to scale at.
-    """
-
-    region: str | None = None
-    role_arn: str | None = None
-    bucket: str | None = None
-    prefix: str = "pcamflow"
-    instance_type: str = "ml.p3.2xlarge"
-    instance_count: int = attrs.field(default=1, validator=_POSITIVE)
-    volume_size_gb: int = attrs.field(default=50, validator=_POSITIVE)
-    max_runtime_s: int = attrs.field(default=86400, validator=_POSITIVE)
-    use_spot: bool = False
-    max_wait_s: int | None = attrs.field(default=None, validator=_POSITIVE)
-    checkpoint_s3_uri: str | None = None
-    kms_key_id: str | None = None
-    subnets: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    security_group_ids: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    tags: dict[str, str] = attrs.field(factory=dict)
-    prices: dict[str, float] = attrs.field(factory=dict)
-    profile: str | None = None
-    max_attempts: int = attrs.field(default=8, validator=_POSITIVE)
-    upload_workers: int = attrs.field(
-        default=16, validator=_check(lambda v: 1 <= v <= 128, "is outside 1..128")
-    )
-    poll_s: float = attrs.field(default=30.0, validator=_NON_NEGATIVE)
-    transform_instance_type: str = "ml.m5.xlarge"
-    transform_instance_count: int = attrs.field(default=1, validator=_POSITIVE)
-    evaluate_via: str = attrs.field(default="transform", validator=_choice("transform", "endpoint"))
-    estimated_runtime_s: int | None = attrs.field(default=None, validator=_POSITIVE)
-    endpoint_hours: float = attrs.field(default=24.0, validator=_NON_NEGATIVE)
-    data_capture_s3_uri: str | None = None
-    data_capture_percent: int = attrs.field(
-        default=100, validator=_check(lambda v: 1 <= v <= 100, "is outside 1..100")
-    )
-    autoscaling_max_instances: int | None = attrs.field(default=None, validator=_POSITIVE)
-    autoscaling_target_invocations: float = attrs.field(
-        default=100.0, validator=_check(lambda v: v > 0, "must be positive")
-    )
-
-    def __attrs_post_init__(self) -> None:
-        if self.use_spot and self.max_wait_s is not None and self.max_wait_s < self.max_runtime_s:
-            raise ConfigError(
-                f"max_wait_s: {self.max_wait_s} is less than max_runtime_s "
-                f"({self.max_runtime_s}); spot training's wait includes the run"
-            )
-        for name in ("checkpoint_s3_uri", "data_capture_s3_uri"):
-            value = getattr(self, name)
-            if value is not None and not value.startswith("s3://"):
-                raise ConfigError(f"{name}: {value!r} is not an s3:// URI")
-        if self.bucket is not None and (self.bucket.startswith("s3://") or "/" in self.bucket):
-            raise ConfigError(
-                f"bucket: {self.bucket!r} must be a bare bucket name (no s3://, no /)"
-            )
+    initial_instance_count: int = attrs.field(default=1, validator=_COUNT)
 
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """All settings of one run, one attribute per TOML table."""
+    """All settings of one run, one attribute per TOML table.
+
+    ``source`` is the file they were read from (set by :meth:`from_toml`, never by a key).
+    """
 
     pipeline: PipelineSettings = attrs.field(factory=PipelineSettings)
     data: DataSettings = attrs.field(factory=DataSettings)
@@ -367,14 +286,14 @@ class Settings:
     evaluate: EvaluateSettings = attrs.field(factory=EvaluateSettings)
     deploy: DeploySettings = attrs.field(factory=DeploySettings)
     aws: AwsSettings = attrs.field(factory=AwsSettings)
-    source: str | None = attrs.field(default=None, eq=False)
+    source: str | None = attrs.field(default=None, eq=False, metadata={OMIT: True})
 
     def __attrs_post_init__(self) -> None:
         for name, rng in self.tune.ranges.items():
             try:
                 rng.check_against(name, self.train.hyperparameters)
             except HyperparameterError as error:
-                raise ConfigError(f"tune.ranges.{error}") from None
+                raise TuningRangeError(f"tune.ranges.{error}") from None
 
     @property
     def run_dir(self) -> Path:
@@ -386,8 +305,8 @@ class Settings:
         """Read settings from a TOML file.
 
         Raises:
-            ConfigError: the file is missing or not TOML, or a setting is invalid (the message
-                names the file and the key path).
+            ConfigError: the file is missing or not TOML, or a setting is invalid (each line
+                of the message names the file and the key path).
         """
         path = Path(path)
         try:
@@ -401,111 +320,36 @@ class Settings:
         try:
             return cls.from_dict(data, source=str(path))
         except ConfigError as error:
-            raise type(error)(f"{path}: {error}") from None
+            lines = str(error).splitlines()
+            raise type(error)("\n".join(f"{path}: {line}" for line in lines)) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Settings:
-        """Build settings from a dict shaped like the TOML file (tables as nested dicts)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"settings must be a table, got {type(data).__name__}")
-        data = dict(data)
-        train = data.get("train")
-        if isinstance(train, Mapping):
-            train = dict(train)
-            extensions = train.pop("extensions", {})
-            data["train"] = {"hyperparameters": train, "extensions": extensions}
-        return _build(cls, {**data, "source": source}, "")
+        """Build settings from a dict shaped like the TOML file (tables as nested dicts).
+
+        Raises:
+            ConfigError: a setting is unknown, mistyped or invalid (one line per problem).
+        """
+        reading = READING.set(source)
+        try:
+            settings = structure(data, cls)
+        finally:
+            READING.reset(reading)
+        return settings if source is None else attrs.evolve(settings, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a TOML-shaped dict (``None`` values left out)."""
-        out = _unbuild(self)
+        out = _plain(converter.unstructure(self))
         out.pop("source", None)
         train = out.pop("train")
         out["train"] = {**train["hyperparameters"], "extensions": train["extensions"]}
-        return out
+        return typing.cast(dict[str, Any], out)
 
 
-# --- strict structuring with key paths -----------------------------------------------------
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _shown(path: str) -> str:
-    # [train] holds the hyperparameters directly: train.hyperparameters.x is shown as train.x
-    return path.replace("train.hyperparameters", "train")
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{_shown(path) or 'settings'}: expected a table, got {data!r}")
-    fields = {f.name: f for f in attrs.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{_shown(_join(path, key))}: unknown setting{hint} "
-                f"(known: {', '.join(sorted(fields))})"
-            )
-    kwargs = {key: _value(hints[key], value, _join(path, key)) for key, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as error:  # validators name the attribute; prefix the table's path
-        raise type(error)(f"{_shown(path)}.{error}" if path else str(error)) from None
-
-
-def _value(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    shown = _shown(path)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _value(option, value, path)
-            except ConfigError as error:
-                errors.append(error)
-        raise errors[0]
-    if attrs.has(hint):
-        return _build(hint, value, path)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{shown}: expected a table, got {value!r}")
-        return {str(k): _value(args[1], v, _join(path, str(k))) for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{shown}: expected a list, got {value!r}")
-        return tuple(_value(args[0], v, path) for v in value)
-    checks: dict[Any, tuple[Any, str]] = {
-        bool: (lambda v: isinstance(v, bool), "true or false"),
-        int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-        float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
-        str: (lambda v: isinstance(v, str), "a string"),
-    }
-    if hint in checks:
-        ok, expected = checks[hint]
-        if not ok(value):
-            raise ConfigError(f"{shown}: expected {expected}, got {value!r}")
-        return float(value) if hint is float else value
-    if hint is typing.Any or isinstance(value, hint):
-        return value
-    raise ConfigError(f"{shown}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
-def _unbuild(obj: Any) -> Any:
-    if attrs.has(type(obj)):
-        return {
-            f.name: _unbuild(getattr(obj, f.name))
-            for f in attrs.fields(type(obj))
-            if getattr(obj, f.name) is not None
-        }
-    if isinstance(obj, dict):
-        return {k: _unbuild(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return [_unbuild(v) for v in obj]
-    return obj
+def _plain(value: Any) -> Any:
+    """Unstructured settings as TOML writes them: lists, and no ``None`` values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -13,7 +13,7 @@ pcamflow::
     │   └── MissingInputError                  a stage needs an artifact no earlier stage makes
     ├── RegistryError (LookupError)           a stage name cannot be resolved
     │   ├── DuplicateStageError                two plugins register the same name
-    │   └── PluginLoadError                    a plugin's entry point fails to import
+    │   └── PluginLoadError                    a plugin's entry point fails to load
     ├── MissingExtraError (ImportError)       an optional extra is not installed
     ├── DataError (ValueError)                input data is missing or malformed
     │   ├── SchemaError                        an HDF5 file's keys, shapes or dtypes are wrong
@@ -76,7 +76,7 @@ class HyperparameterError(ConfigError):
 
 
 class TuningRangeError(ConfigError):
-    """A hyperparameter tuning range is invalid."""
+    """A hyperparameter tuning range is invalid, or takes a value its hyperparameter refuses."""
 
 
 class PipelineDefinitionError(PcamflowError, ValueError):
@@ -100,7 +100,8 @@ class DuplicateStageError(RegistryError):
 
 
 class PluginLoadError(RegistryError):
-    """A plugin's entry point could not be imported."""
+    """A plugin's entry point could not be loaded: its import failed, it is misnamed, or it is
+    not a stage class of its kind."""
 
 
 class MissingExtraError(PcamflowError, ImportError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from pcamflow.errors import DuplicateStageError, RegistryError
+from pcamflow.errors import DuplicateStageError, PluginLoadError, RegistryError
 from pcamflow.stages import STAGE_KINDS, Stage
 
 __all__ = ["ENTRY_POINT_GROUP", "Registration", "Registry"]
@@ -126,8 +126,9 @@ class Registry:
         """The stage class registered as ``name`` within ``kind``.
 
         Raises:
-            RegistryError: no such stage; the message lists what is registered, and says so if
-                a plugin of that name failed to load.
+            PluginLoadError: a plugin registered that name, but its entry point failed to load
+                (the message says why).
+            RegistryError: no such stage; the message lists what is registered.
         """
         if kind not in STAGE_KINDS:
             raise RegistryError(f"{kind!r} is not a stage kind; kinds: {', '.join(STAGE_KINDS)}")
@@ -137,7 +138,7 @@ class Registry:
             pass
         failure = self.failures.get(f"{kind}.{name}")
         if failure:
-            raise RegistryError(f"{kind} {name!r} could not be loaded: {failure}")
+            raise PluginLoadError(f"{kind} {name!r} could not be loaded: {failure}")
         known = sorted(n for k, n in self._entries if k == kind)
         raise RegistryError(
             f"{kind} {name!r} is not registered; registered {kind}s: {', '.join(known) or 'none'}"

@@ -33,6 +33,7 @@ from pcamflow.artifacts import (
     ModelArtifact,
     TuningResult,
 )
+from pcamflow.config import Settings
 from pcamflow.errors import MissingInputError
 
 __all__ = [
@@ -66,7 +67,7 @@ class Context:
             fingerprint includes them, so a re-run upstream re-runs everything after it.
     """
 
-    settings: Any
+    settings: Settings
     run_dir: Path
     stage_dir: Path
     artifacts: Mapping[str, Artifact] = attrs.field(factory=dict)

@@ -15,11 +15,13 @@ from pcamflow.sagemaker.deployer import SageMakerDeployer, teardown_endpoint
 MODEL = f"s3://{BUCKET}/pcamflow/run/train/output/job/output/model.tar.gz"
 
 
-def _deploy(aws: Any, tmp_path: Path, **aws_settings: Any) -> tuple[Endpoint, Any]:
+def _deploy(aws: Any, tmp_path: Path, kms_key_id: str | None = None,
+            **endpoint: Any) -> tuple[Endpoint, Any]:
     settings = settings_for(
         tmp_path, deploy={"name": "pcam-detector", "instance_type": "ml.c5.large",
                           "initial_instance_count": 1},
-        aws={"tags": {"project": "pcam"}, **aws_settings},
+        aws={"tags": {"project": "pcam"}, "endpoint": endpoint,
+             **({"kms_key_id": kms_key_id} if kms_key_id else {})},
     )
     context = context_for(settings, aws, "deploy", {"train": ModelArtifact(uri=MODEL)})
     deployer = SageMakerDeployer(progress=False)
@@ -77,7 +79,7 @@ def test_a_failed_endpoint_raises_and_leaves_nothing_billing(aws: Any, tmp_path:
 
 def test_autoscaling_below_the_initial_count_is_refused(aws: Any, tmp_path: Path) -> None:
     settings = settings_for(tmp_path, deploy={"initial_instance_count": 2},
-                            aws={"autoscaling_max_instances": 1})
+                            aws={"endpoint": {"autoscaling_max_instances": 1}})
     context = context_for(settings, aws, "deploy", {"train": ModelArtifact(uri=MODEL)})
     with pytest.raises(ConfigError, match="autoscaling_max_instances"):
         SageMakerDeployer(progress=False).validate(context)

@@ -27,7 +27,7 @@ def _predictions(clients: Any, scores: list[float]) -> None:
 def test_batch_transform_request_and_report(aws: Any, tmp_path: Path) -> None:
     settings = settings_for(tmp_path, evaluate={"bootstrap": 20},
                             aws={"kms_key_id": "alias/pcam", "tags": {"project": "pcam"},
-                                 "transform_instance_type": "ml.c5.xlarge"})
+                                 "evaluation": {"transform_instance_type": "ml.c5.xlarge"}})
     manifests = s3_manifests(aws, count=8)
     scores = [0.9 if i % 2 else 0.2 for i in range(8)]
     scores[3] = 0.3  # one false negative
@@ -119,7 +119,7 @@ def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path:
         aws.s3.put_object(Bucket=BUCKET, Key=f"images/test/{i % 2}/test_{i:06d}.jpg",
                           Body=buffer.getvalue())
     settings = settings_for(tmp_path, evaluate={"bootstrap": 10}, deploy={"name": "pcam-live"},
-                            aws={"evaluate_via": "endpoint"})
+                            aws={"evaluation": {"evaluate_via": "endpoint"}})
     with ServerThread(create_app(loaded, name="pcam-live")) as server:
         clients = AwsClients(aws.session, endpoint_urls={"sagemaker-runtime": server.url})
         context = context_for(settings, clients, "evaluate",

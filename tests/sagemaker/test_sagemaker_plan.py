@@ -22,7 +22,7 @@ def test_plan_lists_every_request_and_the_cost(aws_env: Any, tmp_path: Path) -> 
     settings = settings_for(
         tmp_path, pipeline=STAGES, tune={"max_jobs": 4, "ranges": RANGES},
         aws={"prices": {"ml.p3.2xlarge": 4.0, "ml.m5.xlarge": 0.25, "ml.m5.large": 0.1},
-             "estimated_runtime_s": 1800, "endpoint_hours": 10},
+             "training": {"estimated_runtime_s": 1800}, "endpoint": {"endpoint_hours": 10}},
     )
     plan = build_plan(settings)
     operations = [(r.stage, r.operation) for r in plan.requests]

@@ -27,9 +27,9 @@ def test_training_job_request_has_the_channels_hyperparameters_image_tags_kms_an
     settings = settings_for(
         tmp_path,
         train={"num_layers": 20, "epochs": 3, "learning_rate": 0.05, "mini_batch_size": 16},
-        aws={"kms_key_id": "alias/pcam", "subnets": ["subnet-1"],
-             "security_group_ids": ["sg-1"], "tags": {"project": "pcam", "owner": "lab"},
-             "instance_type": "ml.g4dn.xlarge", "max_runtime_s": 7200},
+        aws={"kms_key_id": "alias/pcam", "tags": {"project": "pcam", "owner": "lab"},
+             "network": {"subnets": ["subnet-1"], "security_group_ids": ["sg-1"]},
+             "training": {"instance_type": "ml.g4dn.xlarge", "max_runtime_s": 7200}},
     )
     manifests = s3_manifests(aws, count=6)
     context = context_for(settings, aws, "train", {"manifests": manifests})

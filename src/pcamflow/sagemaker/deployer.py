@@ -1,9 +1,9 @@
 """The SageMaker deployer: model, endpoint config and real-time endpoint; and teardown.
 
 :class:`SageMakerDeployer` creates a SageMaker model from the trained ``model.tar.gz``, an
-endpoint config (one variant; data capture when ``aws.data_capture_s3_uri`` is set) and the
-endpoint named ``deploy.name``, waits until it is ``InService`` and, when
-``aws.autoscaling_max_instances`` is set, registers target-tracking autoscaling.
+endpoint config (one variant; data capture when ``aws.endpoint.data_capture_s3_uri`` is set)
+and the endpoint named ``deploy.name``, waits until it is ``InService`` and, when
+``aws.endpoint.autoscaling_max_instances`` is set, registers target-tracking autoscaling.
 :func:`teardown_endpoint` deletes all of it again (``pcamflow teardown``); an endpoint is
 billed per instance-hour until then.
 """

@@ -6,8 +6,8 @@ and writes one JSON list of class probabilities per image, at ``<output>/<relati
 Those are read back and scored by :mod:`pcamflow.evaluation`, the code the local evaluator
 uses, into the same ``metrics.json`` and report. The model is deleted afterwards.
 
-With ``aws.evaluate_via = "endpoint"`` the images are sent instead to the running endpoint
-``deploy.name`` (the SageMaker runtime's ``InvokeEndpoint``), one request each.
+With ``aws.evaluation.evaluate_via = "endpoint"`` the images are sent instead to the running
+endpoint ``deploy.name`` (the SageMaker runtime's ``InvokeEndpoint``), one request each.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         entries = read_manifest(local)
         refs = [ref for ref, _ in entries]
         labels = [label for _, label in entries]
-        if settings.aws.evaluate_via == "endpoint":
+        if settings.aws.evaluation.evaluate_via == "endpoint":
             scores = self._via_endpoint(clients, settings.deploy.name, refs, settings.aws)
         else:
             scores = self._via_transform(context, clients, model, refs)

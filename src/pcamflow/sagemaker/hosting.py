@@ -52,8 +52,8 @@ def transform_job_request(
     manifest's images are scored; each answer lands at ``<output>/<relative key>.out``.
     """
     resources: dict[str, Any] = {
-        "InstanceType": aws.transform_instance_type,
-        "InstanceCount": aws.transform_instance_count,
+        "InstanceType": aws.evaluation.transform_instance_type,
+        "InstanceCount": aws.evaluation.transform_instance_count,
     }
     output: dict[str, Any] = {"S3OutputPath": output_uri, "Accept": "application/json"}
     if aws.kms_key_id:
@@ -100,11 +100,11 @@ def endpoint_config_request(
             }
         ],
     }
-    if aws.data_capture_s3_uri:
+    if aws.endpoint.data_capture_s3_uri:
         capture: dict[str, Any] = {
             "EnableCapture": True,
-            "InitialSamplingPercentage": aws.data_capture_percent,
-            "DestinationS3Uri": aws.data_capture_s3_uri,
+            "InitialSamplingPercentage": aws.endpoint.data_capture_percent,
+            "DestinationS3Uri": aws.endpoint.data_capture_s3_uri,
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
         }
         if aws.kms_key_id:
@@ -135,13 +135,14 @@ def scaling_requests(
 ) -> list[tuple[str, dict[str, Any]]]:
     """Application Auto Scaling's ``RegisterScalableTarget`` and ``PutScalingPolicy``.
 
-    Empty when ``aws.autoscaling_max_instances`` is not set.
+    Empty when ``aws.endpoint.autoscaling_max_instances`` is not set.
     """
-    if aws.autoscaling_max_instances is None:
+    most = aws.endpoint.autoscaling_max_instances
+    if most is None:
         return []
-    if aws.autoscaling_max_instances < min_instances:
+    if most < min_instances:
         raise ConfigError(
-            f"aws.autoscaling_max_instances: {aws.autoscaling_max_instances} is less than "
+            f"aws.endpoint.autoscaling_max_instances: {most} is less than "
             f"deploy.initial_instance_count ({min_instances})"
         )
     target = {
@@ -154,7 +155,7 @@ def scaling_requests(
         "PolicyName": f"{endpoint_name}-invocations",
         "PolicyType": "TargetTrackingScaling",
         "TargetTrackingScalingPolicyConfiguration": {
-            "TargetValue": aws.autoscaling_target_invocations,
+            "TargetValue": aws.endpoint.autoscaling_target_invocations,
             "PredefinedMetricSpecification": {
                 "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
             },
@@ -162,7 +163,5 @@ def scaling_requests(
             "ScaleOutCooldown": 60,
         },
     }
-    register = {
-        **target, "MinCapacity": min_instances, "MaxCapacity": aws.autoscaling_max_instances
-    }
+    register = {**target, "MinCapacity": min_instances, "MaxCapacity": most}
     return [("RegisterScalableTarget", register), ("PutScalingPolicy", policy)]

@@ -7,8 +7,9 @@ execution role) are shown as placeholders unless set; counts come from a finishe
 stage of the run folder, or else from PCam's split sizes. Nothing is sent.
 
 The cost estimate multiplies instance-hours by ``aws.prices`` (USD per instance-hour): an
-upper bound for training (``aws.max_runtime_s`` per job, unless ``aws.estimated_runtime_s``
-is set), and ``aws.endpoint_hours`` for an endpoint, which is billed until torn down.
+upper bound for training (``aws.training.max_runtime_s`` per job, unless
+``aws.training.estimated_runtime_s`` is set), and ``aws.endpoint.endpoint_hours`` for an
+endpoint, which is billed until torn down.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def build_plan(settings: Any) -> Plan:
     sse = encryption_args(aws.kms_key_id)
     manifests = {s: str(base.join("manifests", f"{s}.manifest")) for s in counts}
     price = aws.prices.get
-    train_hours = (aws.estimated_runtime_s or aws.max_runtime_s) / 3600
+    training = aws.training
+    train_hours = (training.estimated_runtime_s or training.max_runtime_s) / 3600
 
     if stages.get("converter") == "sagemaker":
         key = base.join("images", "train", "0", "train_000000.jpg").key
@@ -149,18 +151,18 @@ def build_plan(settings: Any) -> Plan:
             str(base.join("tune", "output")), aws, resolved)
         out.append(PlannedRequest("tune", "sagemaker", "CreateHyperParameterTuningJob", request))
         jobs = settings.tune.max_jobs
-        costs.append(CostLine("tune", aws.instance_type, aws.instance_count * jobs, train_hours,
-                              price(aws.instance_type), f"{jobs} training jobs"))
+        costs.append(CostLine("tune", training.instance_type, training.instance_count * jobs,
+                              train_hours, price(training.instance_type), f"{jobs} training jobs"))
     if stages.get("trainer") == "sagemaker":
         check_no_extensions(settings)
         request = rq.training_job_request(
             rq.job_name(aws.prefix, "train"), hp.to_sagemaker(), manifests,
             str(base.join("train", "output")), aws, resolved)
         out.append(PlannedRequest("train", "sagemaker", "CreateTrainingJob", request))
-        costs.append(CostLine("train", aws.instance_type, aws.instance_count, train_hours,
-                              price(aws.instance_type)))
+        costs.append(CostLine("train", training.instance_type, training.instance_count,
+                              train_hours, price(training.instance_type)))
     model_uri = str(base.join("train", "output", "<training job>", "output", "model.tar.gz"))
-    if stages.get("evaluator") == "sagemaker" and aws.evaluate_via == "transform":
+    if stages.get("evaluator") == "sagemaker" and aws.evaluation.evaluate_via == "transform":
         name = rq.job_name(aws.prefix, "eval-model")
         out += [
             PlannedRequest("evaluate", "s3", "PutObject", {
@@ -174,9 +176,9 @@ def build_plan(settings: Any) -> Plan:
                 str(base.join("evaluate", "transform-output")), aws)),
             PlannedRequest("evaluate", "sagemaker", "DeleteModel", {"ModelName": name}),
         ]
-        costs.append(CostLine("evaluate", aws.transform_instance_type,
-                              aws.transform_instance_count, 1.0,
-                              price(aws.transform_instance_type), "assumed 1 h"))
+        costs.append(CostLine("evaluate", aws.evaluation.transform_instance_type,
+                              aws.evaluation.transform_instance_count, 1.0,
+                              price(aws.evaluation.transform_instance_type), "assumed 1 h"))
     if stages.get("deployer") == "sagemaker":
         deploy = settings.deploy
         model, config = rq.job_name(deploy.name, "model"), rq.job_name(deploy.name, "config")
@@ -193,7 +195,7 @@ def build_plan(settings: Any) -> Plan:
                                                      aws):
             out.append(PlannedRequest("deploy", "application-autoscaling", operation, params))
         costs.append(CostLine("deploy", deploy.instance_type, deploy.initial_instance_count,
-                              aws.endpoint_hours, price(deploy.instance_type),
+                              aws.endpoint.endpoint_hours, price(deploy.instance_type),
                               "billed until `pcamflow teardown`"))
     problems = []
     for planned in out:

@@ -92,14 +92,16 @@ def tags(aws: AwsSettings) -> list[dict[str, str]]:
 
 
 def vpc_config(aws: AwsSettings) -> dict[str, list[str]] | None:
-    """``VpcConfig`` from ``aws.subnets`` and ``aws.security_group_ids`` (None: no VPC)."""
-    if not aws.subnets and not aws.security_group_ids:
+    """``VpcConfig`` from ``[aws.network]`` (None: no VPC)."""
+    network = aws.network
+    if not network.subnets and not network.security_group_ids:
         return None
-    if not (aws.subnets and aws.security_group_ids):
+    if not (network.subnets and network.security_group_ids):
         raise ConfigError(
-            "aws.subnets/aws.security_group_ids: a VPC needs both subnets and security groups"
+            "aws.network.subnets/aws.network.security_group_ids: a VPC needs both subnets and "
+            "security groups"
         )
-    return {"SecurityGroupIds": list(aws.security_group_ids), "Subnets": list(aws.subnets)}
+    return {"SecurityGroupIds": list(network.security_group_ids), "Subnets": list(network.subnets)}
 
 
 def channels(manifests: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -137,15 +139,15 @@ def channels(manifests: Mapping[str, str]) -> list[dict[str, Any]]:
 def _training_parts(aws: AwsSettings, resolved: Resolved, output_uri: str) -> dict[str, Any]:
     """What a training job and a tuning job's training definition share."""
     resources: dict[str, Any] = {
-        "InstanceType": aws.instance_type,
-        "InstanceCount": aws.instance_count,
-        "VolumeSizeInGB": aws.volume_size_gb,
+        "InstanceType": aws.training.instance_type,
+        "InstanceCount": aws.training.instance_count,
+        "VolumeSizeInGB": aws.training.volume_size_gb,
     }
     output: dict[str, Any] = {"S3OutputPath": output_uri}
     if aws.kms_key_id:
         resources["VolumeKmsKeyId"] = aws.kms_key_id
         output["KmsKeyId"] = aws.kms_key_id
-    stopping: dict[str, Any] = {"MaxRuntimeInSeconds": aws.max_runtime_s}
+    stopping: dict[str, Any] = {"MaxRuntimeInSeconds": aws.training.max_runtime_s}
     parts: dict[str, Any] = {
         "AlgorithmSpecification": {
             "TrainingImage": resolved.image_uri, "TrainingInputMode": "Pipe"
@@ -155,11 +157,11 @@ def _training_parts(aws: AwsSettings, resolved: Resolved, output_uri: str) -> di
         "ResourceConfig": resources,
         "StoppingCondition": stopping,
     }
-    if aws.use_spot:
-        stopping["MaxWaitTimeInSeconds"] = aws.max_wait_s or aws.max_runtime_s
+    if aws.training.use_spot:
+        stopping["MaxWaitTimeInSeconds"] = aws.training.max_wait_s or aws.training.max_runtime_s
         parts["EnableManagedSpotTraining"] = True
-        if aws.checkpoint_s3_uri:
-            parts["CheckpointConfig"] = {"S3Uri": aws.checkpoint_s3_uri}
+        if aws.training.checkpoint_s3_uri:
+            parts["CheckpointConfig"] = {"S3Uri": aws.training.checkpoint_s3_uri}
     vpc = vpc_config(aws)
     if vpc:
         parts["VpcConfig"] = vpc

@@ -36,8 +36,8 @@ def check_aws(settings: Any) -> None:
     from pcamflow.sagemaker.requests import vpc_config
 
     vpc_config(settings.aws)
-    if settings.aws.checkpoint_s3_uri and not settings.aws.use_spot:
-        raise ConfigError("aws.checkpoint_s3_uri: set, but aws.use_spot is false")
+    if settings.aws.training.checkpoint_s3_uri and not settings.aws.training.use_spot:
+        raise ConfigError("aws.training.checkpoint_s3_uri: set, but aws.training.use_spot is false")
 
 
 def training_hyperparameters(

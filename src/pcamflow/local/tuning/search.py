@@ -26,7 +26,8 @@ import attrs
 import optuna
 
 from pcamflow.errors import ConfigError
-from pcamflow.hyperparameters import Hyperparameters, TuningRange
+from pcamflow.hyperparameters import Hyperparameters
+from pcamflow.tuning_ranges import TuningRange
 
 __all__ = [
     "MAX_GRID",

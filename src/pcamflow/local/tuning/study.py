@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from pcamflow._io import digest
 from pcamflow.artifacts import Manifests
 from pcamflow.errors import ConfigError, PcamflowError, StageError
-from pcamflow.hyperparameters import Hyperparameters, LocalExtensions, TuningRange
+from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.local.tuning.search import (
     PrunerSpec,
     algorithm_strings,
@@ -39,6 +39,7 @@ from pcamflow.local.tuning.search import (
     distributions,
     make_pruner,
 )
+from pcamflow.tuning_ranges import TuningRange
 
 __all__ = [
     "DB_FILE",
