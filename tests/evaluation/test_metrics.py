@@ -54,6 +54,21 @@ def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_data():
     assert small["bootstrap"] == 300
 
 
+def test_the_fast_bootstrap_auc_agrees_with_scikit_learn_on_resamples():
+    from pcamflow.evaluation.metrics import _auc_from_groups
+
+    labels, scores = noisy_scores(400, 5)  # rounded scores: many ties
+    uniques, group = np.unique(scores, return_inverse=True)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = rng.integers(0, len(labels), len(labels))
+        pos = np.bincount(group[idx], weights=labels[idx], minlength=len(uniques))
+        neg = np.bincount(group[idx], weights=1 - labels[idx], minlength=len(uniques))
+        expected = skm.roc_auc_score(labels[idx], scores[idx])
+        assert _auc_from_groups(pos, neg) == pytest.approx(expected, rel=1e-12)
+    assert _auc_from_groups(np.array([2.0, 1.0]), np.zeros(2)) is None
+
+
 def test_bootstrap_is_repeatable_with_its_seed():
     labels, scores = noisy_scores(300, 4)
     first = compute_metrics(labels, scores, bootstrap=100, seed=7)
@@ -74,11 +89,20 @@ def test_one_class_leaves_auc_undefined_without_crashing(only):
         assert m["recall"] is None and m["average_precision"] is None
     else:
         assert m["specificity"] is None
+    assert all(m[name] is None or isinstance(m[name], float) for name in METRIC_NAMES)
+
+
+def test_a_score_of_exactly_zero_or_one_costs_a_bounded_log_loss():
+    # clipped at 1e-15: a confident miss costs -ln(1e-15) per sample, not infinity
+    m = compute_metrics([1, 0], [0.0, 0.0], bootstrap=0)
+    assert m["log_loss"] == pytest.approx(-np.log(1e-15) / 2)
+    assert m["accuracy"] == 0.5 and m["brier"] == 0.5
 
 
 def test_nothing_predicted_positive_leaves_precision_undefined():
     m = compute_metrics([0, 1, 1], [0.1, 0.2, 0.3], bootstrap=0)
-    assert m["precision"] is None and m["recall"] == 0.0
+    assert m["precision"] is None and m["recall"] == 0.0 and m["f1"] == 0.0
+    assert m["specificity"] == 1.0 and m["confusion_matrix"] == [[1, 0], [2, 0]]
     assert any("precision is undefined" in note for note in m["notes"])
 
 

@@ -24,7 +24,7 @@ from pcamflow.errors import ConfigError, DataError, DivergedError, Hyperparamete
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.local.model.archive import load_model_archive
 from pcamflow.local.model.resnet import build_model
-from pcamflow.local.training.engine import _lr_at, build_optimizer
+from pcamflow.local.training.engine import build_optimizer, build_schedule
 from pcamflow.local.training.trainer import LocalTrainer, train_model
 from pcamflow.metric_lines import parse_metric_lines
 from pcamflow.stages import Context
@@ -38,7 +38,8 @@ def test_trains_prints_metric_lines_and_writes_an_archive(
     small_pcam: tuple[Manifests, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifests, _ = small_pcam
-    hp = attrs.evolve(FAST, augmentation_type="crop_color_transform", checkpoint_frequency=1)
+    hp = attrs.evolve(FAST, augmentation_type="crop_color_transform", checkpoint_frequency=1,
+                      lr_scheduler_step="1", lr_scheduler_factor=0.5)
     ext = attrs.evolve(SERIAL, dihedral=True, stain_jitter=0.05, num_workers=1)
     seen: list[tuple[int, dict]] = []
     outcome = train_model(manifests, hp, ext, tmp_path, seed=3,
@@ -51,6 +52,7 @@ def test_trains_prints_metric_lines_and_writes_an_archive(
         round(h["validation:accuracy"], 6) for h in outcome.history
     ]
     assert all("validation:accuracy" in m for _, m in seen)
+    assert [h["lr"] for h in outcome.history] == [0.003, 0.0015]
     assert 0 <= outcome.metrics["validation:accuracy"] <= 1
     assert outcome.metrics["validation:accuracy"] == max(h["validation:accuracy"]
                                                          for h in outcome.history)
@@ -83,11 +85,26 @@ def test_parse_metric_lines_reads_algorithm_logs() -> None:
     assert parse_metric_lines("no metrics here") == []
 
 
+def _epoch_rates(hp: Hyperparameters, epochs: int, saved: dict | None = None) -> list[float]:
+    """The rate of each epoch as training sees it: the optimizer's, stepped once an epoch."""
+    optimizer = build_optimizer(hp, [torch.nn.Parameter(torch.zeros(1))])
+    schedule = build_schedule(hp, optimizer)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
 def test_learning_rate_schedule_and_optimizers() -> None:
     hp = Hyperparameters(learning_rate=0.1, lr_scheduler_step="2,4", lr_scheduler_factor=0.5,
                          epochs=6)
-    rates = [_lr_at(hp, epoch * 10, 10) for epoch in range(6)]
-    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert _epoch_rates(hp, 6) == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    assert _epoch_rates(attrs.evolve(hp, lr_scheduler_step=None), 3) == [0.1, 0.1, 0.1]
     params = [torch.nn.Parameter(torch.zeros(1))]
     nag = build_optimizer(attrs.evolve(hp, optimizer="nag", momentum=0.8), params)
     assert nag.defaults["nesterov"] and nag.defaults["momentum"] == 0.8
@@ -95,6 +112,52 @@ def test_learning_rate_schedule_and_optimizers() -> None:
     assert adam.defaults["betas"] == (0.8, 0.999) and adam.defaults["weight_decay"] == 0
     rms = build_optimizer(attrs.evolve(hp, optimizer="rmsprop", gamma=0.95), params)
     assert rms.defaults["alpha"] == 0.95
+
+
+def test_the_schedule_is_exactly_learning_rate_times_factor_to_the_steps_passed() -> None:
+    steps = (1, 2, 3, 5, 8)
+    hp = Hyperparameters(learning_rate=0.003, lr_scheduler_step=",".join(map(str, steps)),
+                         lr_scheduler_factor=0.3, epochs=10)
+    expected = [0.003 * 0.3 ** sum(epoch >= s for s in steps) for epoch in range(10)]
+    assert _epoch_rates(hp, 10) == expected  # exact: no drift from repeated multiplication
+
+
+def test_the_schedule_state_saved_weights_only_continues_the_schedule(tmp_path: Path) -> None:
+    hp = Hyperparameters(learning_rate=0.003, lr_scheduler_step="2,3,5",
+                         lr_scheduler_factor=0.3, epochs=7)
+    optimizer = build_optimizer(hp, [torch.nn.Parameter(torch.zeros(1))])
+    schedule = build_schedule(hp, optimizer)
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
+               tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert _epoch_rates(hp, 3) + _epoch_rates(hp, 4, saved) == _epoch_rates(hp, 7)
+
+
+@pytest.mark.parametrize("written_by", ["this version", "an older version"])
+def test_a_resumed_run_continues_the_schedule(small_pcam: tuple[Manifests, dict],
+                                              tmp_path: Path, written_by: str) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int, metrics: dict) -> None:
+        raise Stop
+
+    hp = attrs.evolve(FAST, lr_scheduler_step="1", lr_scheduler_factor=0.5)
+    with pytest.raises(Stop):
+        train_model(small_pcam[0], hp, SERIAL, tmp_path, epoch_callback=stop, progress=False)
+    if written_by == "an older version":  # its checkpoints held no schedule state
+        state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+        path = tmp_path / "checkpoints" / state["optimizer"]
+        extra = torch.load(path, weights_only=True)
+        del extra["schedule"]
+        for group in extra["optimizer"]["param_groups"]:
+            del group["initial_lr"]
+        torch.save(extra, path)
+    outcome = train_model(small_pcam[0], hp, SERIAL, tmp_path, progress=False)
+    assert [h["lr"] for h in outcome.history] == [0.003, 0.0015]
 
 
 def test_early_stopping_stops_when_validation_stalls(
@@ -227,10 +290,12 @@ def stall(epoch, metrics):
         time.sleep(600)  # killed here
 
 hp = Hyperparameters(num_layers=20, image_shape="3,32,32", resize=32, epochs=2,
-                     mini_batch_size=16, optimizer="adam", learning_rate=0.003)
+                     mini_batch_size=16, optimizer="adam", learning_rate=0.003,
+                     lr_scheduler_step="1", lr_scheduler_factor=0.5)
 outcome = train_model(manifests, hp, LocalExtensions(num_workers=1), Path(sys.argv[2]),
                       epoch_callback=stall, progress=False)
 print("HISTORY", len(outcome.history))
+print("RATES", *[h["lr"] for h in outcome.history])
 """
 
 
@@ -258,6 +323,7 @@ def test_training_killed_with_sigkill_resumes_and_finishes(
     assert "Resuming from the checkpoint of epoch 0" in second
     assert [p["epoch"] for p in parse_metric_lines(second)] == [1]
     assert "HISTORY 2" in second
+    assert "RATES 0.003 0.0015" in second  # the schedule goes on where the killed run left it
     assert load_model_archive(out / "model.tar.gz").meta.num_layers == 20
 
 

@@ -1,11 +1,11 @@
 """Training checkpoints that survive a kill: written atomically, loaded without unpickling.
 
-A checkpoint is three files in the checkpoint folder: ``last.safetensors`` (the model),
-``last-optimizer.pt`` (optimizer state and random-generator states: tensors, numbers and
-lists only, loaded with ``torch.load(..., weights_only=True)``) and ``state.json`` (epoch,
-history, best accuracy, the run's fingerprint). ``state.json`` is written last and names the
-epoch the other two belong to, so a kill at any moment leaves either the previous checkpoint
-or the new one, never a mix.
+A checkpoint is three files in the checkpoint folder: ``epoch-NNNN.model.safetensors`` (the
+model), ``epoch-NNNN.optimizer.pt`` (optimizer, learning-rate schedule and random-generator
+states: tensors, numbers, lists and dicts only, loaded with ``torch.load(..., weights_only=True)``)
+and ``state.json`` (epoch, history, best accuracy, the run's fingerprint). ``state.json`` is
+written last and names the epoch the other two belong to, so a kill at any moment leaves either
+the previous checkpoint or the new one, never a mix.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import MultiStepLR
 from tqdm.auto import tqdm
 
 from pcamflow._io import digest
@@ -25,7 +26,14 @@ from pcamflow.local.training.checkpoint import CheckpointDir
 from pcamflow.local.training.dataset import ManifestImages, default_workers, make_loader
 from pcamflow.metric_lines import metric_line
 
-__all__ = ["build_optimizer", "load_pretrained", "pick_device", "run_training"]
+__all__ = [
+    "StepSchedule",
+    "build_optimizer",
+    "build_schedule",
+    "load_pretrained",
+    "pick_device",
+    "run_training",
+]
 
 Entries = Sequence[tuple[Path, int]]
 _STATS_SAMPLE = 256
@@ -107,10 +115,30 @@ def _channel_stats(entries: Entries, shape: tuple[int, int, int], resize: int | 
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def _lr_at(hp: Hyperparameters, update: int, updates_per_epoch: int) -> float:
-    """The algorithm's multi-factor schedule: times factor after each listed epoch."""
-    done = sum(1 for step in hp.scheduler_steps if update >= step * updates_per_epoch)
-    return hp.learning_rate * hp.lr_scheduler_factor**done
+class StepSchedule(MultiStepLR):
+    """torch's ``MultiStepLR``, its rates computed in closed form.
+
+    ``MultiStepLR`` multiplies the current rate by ``gamma`` at each milestone, which drifts a
+    bit or two from ``learning_rate * factor ** n`` (the algorithm's multi-factor schedule);
+    computing each epoch's rate from the base rate keeps it exactly that.
+    """
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        passed = bisect_right(sorted(self.milestones.elements()), self.last_epoch)
+        return [base * self.gamma**passed for base in self.base_lrs]
+
+
+def build_schedule(
+    hp: Hyperparameters, optimizer: torch.optim.Optimizer, last_epoch: int = -1
+) -> StepSchedule:
+    """The algorithm's schedule: the rate times ``lr_scheduler_factor`` after each listed epoch.
+
+    Step it once per finished epoch; epoch ``e`` trains at
+    ``learning_rate * lr_scheduler_factor ** (number of lr_scheduler_step epochs <= e)``.
+    ``last_epoch``: the last finished epoch when resuming without a saved schedule state.
+    """
+    return StepSchedule(optimizer, milestones=list(hp.scheduler_steps),
+                        gamma=hp.lr_scheduler_factor, last_epoch=last_epoch)
 
 
 @attrs.frozen
@@ -150,6 +178,8 @@ def run_training(
         load_pretrained(model, ext.weights_file)
     model.to(device)
     optimizer = build_optimizer(hp, model.parameters())
+    # built before the optimizer's state is loaded, as torch asks: building sets the rate
+    schedule = build_schedule(hp, optimizer)
     aug_gen = torch.Generator().manual_seed(seed + 1)
     augmenter = Augmenter(hp.augmentation_type, dihedral=ext.dihedral,
                           stain_jitter=ext.stain_jitter, generator=aug_gen)
@@ -161,6 +191,12 @@ def run_training(
     else:
         extra = ckpt.load(state, model)
         optimizer.load_state_dict(extra["optimizer"])
+        if "schedule" in extra:
+            schedule.load_state_dict(extra["schedule"])
+        else:  # a checkpoint written before schedules were saved: rebuild it at its epoch
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", hp.learning_rate)
+            schedule = build_schedule(hp, optimizer, last_epoch=state["epoch"])
         torch.set_rng_state(extra["rng"])
         aug_gen.set_state(extra["aug_rng"])
         say(f"Resuming from the checkpoint of epoch {state['epoch']} in {ckpt.folder}")
@@ -172,7 +208,6 @@ def run_training(
     valid_set = ManifestImages(valid, shape, hp.resize)
     batch = hp.mini_batch_size
     drop_last = len(train) > batch  # a 1-image batch breaks batch normalisation
-    updates_per_epoch = max(1, math.ceil((hp.num_training_samples or len(train)) / batch))
     half = hp.precision_dtype == "float16"
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=half and device.type == "cuda")
@@ -196,13 +231,10 @@ def run_training(
         correct = seen = 0
         loss_sum = 0.0
         topk_correct = 0
-        update = epoch * updates_per_epoch
+        lr = schedule.get_last_lr()[0]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{hp.epochs}", unit="batch", leave=False,
                    disable=None if progress else True, file=sys.stderr)
         for step, (images, labels) in enumerate(bar):
-            lr = _lr_at(hp, update, updates_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             inputs = prepare(images, True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=half):
@@ -218,7 +250,6 @@ def run_training(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            update += 1
             with torch.no_grad():
                 n = labels.shape[0]
                 seen += n
@@ -229,6 +260,7 @@ def run_training(
                     topk_correct += int((top == labels[:, None]).any(1).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         bar.close()
+        schedule.step()
         train_time = time.monotonic() - began
         metrics = {"train:accuracy": correct / max(seen, 1),
                    "train:cross_entropy": loss_sum / max(seen, 1)}
@@ -261,12 +293,12 @@ def run_training(
                 and state["stale"] >= hp.early_stopping_patience):
             say(f"Epoch[{epoch}] Early stopping: no improvement for {state['stale']} epochs")
             state["done"] = True
-        state["history"].append({"epoch": epoch, "lr": lr if seen else hp.learning_rate,
+        state["history"].append({"epoch": epoch, "lr": lr,
                                  "time_s": round(elapsed, 3),
                                  "train_time_s": round(train_time, 3), **metrics})
         state["epoch"] = epoch
-        extra = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                 "aug_rng": aug_gen.get_state()}
+        extra = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "rng": torch.get_rng_state(), "aug_rng": aug_gen.get_state()}
         ckpt.save(model, extra, state)
         if epoch_callback is not None:
             epoch_callback(epoch, dict(metrics))
