@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 import typing
 
 import attrs
@@ -25,7 +26,7 @@ from pcamflow.config import Settings
 from pcamflow.errors import ConfigError
 from pcamflow.hyperparameters import NUM_LAYERS, OPTIMIZERS, Hyperparameters, kind_of
 from pcamflow.local.model.resnet import build_model
-from pcamflow.local.training.engine import _lr_at, build_optimizer, pick_device
+from pcamflow.local.training.engine import build_optimizer, build_schedule, pick_device
 from pcamflow.local.training.trainer import check_local
 from pcamflow.local.tuning.search import distributions
 
@@ -156,8 +157,14 @@ def test_what_the_settings_accept_a_local_run_accepts(table: dict[str, typing.An
     np.random.default_rng(seed)
     np.random.RandomState(seed)  # Optuna's samplers, seeded with seed + trials so far
 
-    updates = 4
-    rates = [_lr_at(hp, epoch * updates, updates) for epoch in (0, *hp.scheduler_steps[:3])]
+    schedule = build_schedule(hp, torch.optim.SGD(torch.nn.Linear(1, 1).parameters(),
+                                                  lr=hp.learning_rate))
+    rates = []
+    with warnings.catch_warnings():  # stepped without training: torch's order warning is moot
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(min(hp.epochs, (hp.scheduler_steps or (0,))[-1] + 2, 64)):
+            rates.append(schedule.get_last_lr()[0])
+            schedule.step()
     assert all(math.isfinite(rate) and rate >= 0 for rate in rates), rates
     # every optimizer, as a tuner may pick any of them with the other values as they are
     for name in OPTIMIZERS:
