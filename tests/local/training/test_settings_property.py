@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 import typing
+import warnings
 
 import attrs
 import numpy as np
