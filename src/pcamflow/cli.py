@@ -16,7 +16,6 @@ from pcamflow.errors import ConfigError, PcamflowError, exit_code
 
 __all__ = ["main"]
 
-Command = Callable[[argparse.Namespace], int]
 log = logging.getLogger("pcamflow")
 
 
