@@ -8,7 +8,7 @@ from pathlib import Path
 from pcamflow.errors import MissingExtraError
 
 EXTRAS = {
-    "local": ("torch", "optuna", "fastapi", "uvicorn", "safetensors", "psutil"),
+    "local": ("torch", "optuna", "fastapi", "uvicorn", "safetensors", "psutil", "filelock"),
     "sagemaker": ("boto3", "sagemaker.core"),
 }
 

@@ -1,8 +1,9 @@
 """What stages produce: frozen value objects that serialise to JSON and know if they exist.
 
 Each artifact names where its content lives (a local path or an ``s3://`` URI) and carries the
-small facts later stages need (counts, metrics, hyperparameters). ``exists()`` answers whether
-that content is there; for ``s3://`` locations it needs an S3 client, passed in.
+small facts later stages need (counts, metrics, hyperparameters). ``exists(probe)`` answers
+whether that content is there, asking a probe (:mod:`pcamflow.probes`) about each location;
+without one, only the core's probes (local paths, ``http(s)://``) are known.
 
 >>> art = ModelArtifact(uri="runs/demo/train/model.tar.gz", hyperparameters={"epochs": "2"})
 >>> Artifact.from_json(art.to_json()) == art
@@ -13,14 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlparse
 
 import attrs
 
 from pcamflow._structure import converter
 from pcamflow.errors import PcamflowError
+from pcamflow.probes import Probe, by_scheme
 
 __all__ = [
     "Artifact",
@@ -30,38 +30,12 @@ __all__ = [
     "Manifests",
     "ModelArtifact",
     "TuningResult",
-    "uri_exists",
 ]
 
 SPLITS = ("train", "valid", "test")
 
 _A = TypeVar("_A", bound="Artifact")
 _TYPES: dict[str, type[Artifact]] = {}
-
-
-def uri_exists(uri: str, s3: Any = None) -> bool:
-    """Whether a local path, ``file://`` URI or ``s3://`` URI exists.
-
-    Args:
-        uri: the location.
-        s3: a boto3 S3 client, needed only for ``s3://`` URIs.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        if s3 is None:
-            raise PcamflowError(f"checking {uri} needs an S3 client: pass s3=boto3.client('s3')")
-        key = parsed.path.lstrip("/")
-        if key.endswith("/") or not key:
-            answer = s3.list_objects_v2(Bucket=parsed.netloc, Prefix=key, MaxKeys=1)
-            return answer.get("KeyCount", 0) > 0
-        try:
-            s3.head_object(Bucket=parsed.netloc, Key=key)
-        except Exception:  # botocore's ClientError: 404 or 403 alike mean "not usable"
-            return False
-        return True
-    if parsed.scheme == "file":
-        return Path(parsed.path).exists()
-    return Path(uri).exists()
 
 
 @attrs.frozen
@@ -106,9 +80,18 @@ class Artifact:
         """The paths or URIs that must exist for this artifact to be complete."""
         return ()
 
-    def exists(self, s3: Any = None) -> bool:
-        """Whether every location of the artifact exists (``s3`` is a client for ``s3://``)."""
-        return all(uri_exists(loc, s3) for loc in self.locations())
+    def exists(self, probe: Probe | None = None) -> bool:
+        """Whether every location of the artifact is there, as ``probe`` says.
+
+        Args:
+            probe: ``probe(location) -> bool`` (None: the core's, by scheme; see
+                :func:`pcamflow.probes.by_scheme` to add others, such as ``s3://``).
+
+        Raises:
+            PcamflowError: a location's scheme has no probe.
+        """
+        check = probe or by_scheme()
+        return all(check(location) for location in self.locations())
 
 
 @attrs.frozen
@@ -234,14 +217,8 @@ class Endpoint(Artifact):
     region: str | None = None
     resources: dict[str, str] = attrs.field(factory=dict)
 
-    def exists(self, s3: Any = None) -> bool:
-        """Whether a local endpoint answers ``/ping``; SageMaker endpoints are not probed here."""
+    def locations(self) -> tuple[str, ...]:
+        """A local endpoint's ``/ping`` URL; a SageMaker endpoint has none (it is not probed)."""
         if self.backend != "local" or not self.url:
-            return True
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.url.rstrip('/')}/ping", timeout=2) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
+            return ()
+        return (f"{self.url.rstrip('/')}/ping",)

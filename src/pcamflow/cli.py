@@ -17,7 +17,6 @@ from pcamflow.errors import ConfigError, PcamflowError, exit_code
 
 __all__ = ["main"]
 
-Command = Callable[[argparse.Namespace], int]
 log = logging.getLogger("pcamflow")
 
 

@@ -30,6 +30,7 @@ from pcamflow.errors import (
     PipelineDefinitionError,
     StageNameNotUniqueError,
 )
+from pcamflow.probes import by_scheme
 from pcamflow.stages import Context, Stage, stage_output_dir
 
 __all__ = ["Pipeline", "RunResult", "StageRecord", "read_run_record"]
@@ -152,7 +153,9 @@ class Pipeline:
             force: run every stage, complete or not.
             from_stage: run this stage and all after it, complete or not.
             only: run just this stage (its inputs must be complete from an earlier run).
-            services: clients and other objects handed to stages through the context.
+            services: clients and other objects handed to stages through the context;
+                ``services["probes"]`` (URI scheme -> probe, see :mod:`pcamflow.probes`)
+                checks recorded artifacts in places the core cannot look (``s3://``).
 
         Raises:
             Whatever a stage raises; its record says ``failed`` (or ``interrupted`` on Ctrl-C).
@@ -163,7 +166,8 @@ class Pipeline:
         run_dir.mkdir(parents=True, exist_ok=True)
         records = read_run_record(run_dir)
         services = dict(services or {})
-        s3 = services.get("s3")
+        # whether a recorded artifact is still there, asked by each location's URI scheme
+        is_there = by_scheme(services.get("probes"))
         names = self.names
         rerun_from = names.index(from_stage) if from_stage else len(names)
 
@@ -200,7 +204,7 @@ class Pipeline:
             if check_fingerprint and record.fingerprint != fingerprints[name]:
                 return None
             artifact = record.load_artifact()
-            return artifact if artifact is not None and artifact.exists(s3) else None
+            return artifact if artifact is not None and artifact.exists(is_there) else None
 
         artifacts: dict[str, Artifact] = {}
         if only is not None:

@@ -17,6 +17,7 @@ import attrs
 from pcamflow.artifacts import Artifact
 from pcamflow.config import Settings
 from pcamflow.errors import PcamflowError
+from pcamflow.probes import by_scheme
 from pcamflow.stages import STAGE_KINDS, Context, Stage
 
 __all__ = ["StageContractError", "check_stage"]
@@ -111,7 +112,7 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
     artifact = stage.run(context)
     if not isinstance(artifact, cls.produces):
         raise _fail(cls, f"run() returned {type(artifact).__name__}, not {cls.produces.__name__}")
-    if not artifact.exists(context.service("s3")):
+    if not artifact.exists(by_scheme(context.service("probes"))):
         raise _fail(
             cls, f"run() returned an artifact whose locations do not exist: {artifact.locations()}"
         )

@@ -69,7 +69,8 @@ def test_default_bucket_and_missing_role(aws: Any, tmp_path: Path) -> None:
     aws.s3.head_bucket(Bucket="sagemaker-eu-west-1-123456789012")
     with pytest.raises(ConfigError, match=r"aws\.role_arn"):
         aws.role_arn(AwsSettings())  # moto's caller is a user, not a SageMaker role
-    assert set(services_for(aws)) == {"aws", "s3"}
+    assert set(services_for(aws)) == {"aws", "probes"}
+    assert set(services_for(aws)["probes"]) == {"s3"}
 
 
 def test_no_credential_in_any_log_line(aws: Any, tmp_path: Path,

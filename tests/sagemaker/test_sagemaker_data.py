@@ -11,7 +11,11 @@ from sm_helpers import BUCKET, context_for, settings_for
 
 from pcamflow.artifacts import ImageDataset, Manifests
 from pcamflow.errors import AwsError
-from pcamflow.sagemaker.s3 import S3Uri, upload_tree
+from pcamflow.pipeline import Pipeline
+from pcamflow.probes import by_scheme
+from pcamflow.sagemaker.clients import services_for
+from pcamflow.sagemaker.s3 import S3Uri, s3_probe, upload_tree
+from pcamflow.stages import Context, DataConverter
 
 
 def _tree(root: Path, n: int = 12) -> Path:
@@ -96,4 +100,36 @@ def test_converter_and_manifest_builder_put_everything_in_s3(
     lst = S3Uri.parse(manifests.lst["train"])
     first = aws.s3.get_object(Bucket=BUCKET, Key=lst.key)["Body"].read().decode().splitlines()[0]
     assert first.split("\t")[2].startswith("train/")
-    assert manifests.exists(aws.s3)
+    assert manifests.exists(by_scheme(services_for(aws)["probes"]))
+
+
+def test_the_s3_probe_sees_objects_and_prefixes(aws: Any) -> None:
+    probe = s3_probe(aws.s3)
+    aws.s3.put_object(Bucket=BUCKET, Key="run/train/model.tar.gz", Body=b"model")
+    assert probe(f"s3://{BUCKET}/run/train/model.tar.gz")
+    assert not probe(f"s3://{BUCKET}/run/train/other.tar.gz")
+    assert probe(f"s3://{BUCKET}/run/train/") and probe(f"s3://{BUCKET}/")
+    assert not probe(f"s3://{BUCKET}/run/tune/")
+
+
+class _UploadingConverter(DataConverter):
+    """Puts one image in S3 with the clients passed in, and records each run."""
+
+    def run(self, context: Context) -> ImageDataset:
+        with open(context.run_dir / "calls.log", "a") as handle:
+            handle.write("convert\n")
+        s3 = context.service("aws").s3
+        s3.put_object(Bucket=BUCKET, Key="run/images/train/0/train_000000.jpg", Body=b"jpeg")
+        return ImageDataset(root=f"s3://{BUCKET}/run/images/", counts={"train": {"0": 1}})
+
+
+def test_a_rerun_checks_s3_artifacts_with_the_probe_of_services_for(
+    aws: Any, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path)
+    pipeline = Pipeline([("convert", _UploadingConverter())])
+    assert pipeline.run(settings, services=services_for(aws)).ran == ("convert",)
+    assert pipeline.run(settings, services=services_for(aws)).ran == ()
+    aws.s3.delete_object(Bucket=BUCKET, Key="run/images/train/0/train_000000.jpg")
+    assert pipeline.run(settings, services=services_for(aws)).ran == ("convert",)
+    assert (settings.run_dir / "calls.log").read_text().split() == ["convert", "convert"]

@@ -167,10 +167,12 @@ def clients_for(context: Context) -> AwsClients:
 def services_for(clients: AwsClients) -> dict[str, Any]:
     """The ``services`` mapping for :meth:`Pipeline.run <pcamflow.pipeline.Pipeline.run>`.
 
-    It carries the clients for the SageMaker stages and the S3 client that checks whether
-    ``s3://`` artifacts of an earlier run still exist.
+    It carries the clients for the SageMaker stages and the ``s3://`` probe that checks
+    whether artifacts of an earlier run are still in S3 (``services["probes"]``).
     """
-    return {"aws": clients, "s3": clients.s3}
+    from pcamflow.sagemaker.s3 import s3_probe
+
+    return {"aws": clients, "probes": {"s3": s3_probe(clients.s3)}}
 
 
 def resolve(clients: AwsClients, aws: AwsSettings, *, create_bucket: bool = True) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "existing_objects",
     "read_object",
     "run_prefix",
+    "s3_probe",
     "upload_file",
     "upload_tree",
 ]
@@ -82,6 +83,27 @@ def encryption_args(kms_key_id: str | None) -> dict[str, str]:
     if kms_key_id:
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
     return {"ServerSideEncryption": "AES256"}
+
+
+def s3_probe(s3: Any) -> Callable[[str], bool]:
+    """A probe (see :mod:`pcamflow.probes`) for ``s3://`` locations, through ``s3``, a boto3 client.
+
+    A location is there when its object is (``HeadObject``), or, for a prefix ending in ``/``,
+    when an object lies under it.
+    """
+
+    def probe(location: str) -> bool:
+        uri = S3Uri.parse(location)
+        if not uri.key or uri.key.endswith("/"):
+            answer = s3.list_objects_v2(Bucket=uri.bucket, Prefix=uri.key, MaxKeys=1)
+            return int(answer.get("KeyCount", 0)) > 0
+        try:
+            s3.head_object(Bucket=uri.bucket, Key=uri.key)
+        except Exception:  # botocore's ClientError: 404 and 403 alike mean "not usable"
+            return False
+        return True
+
+    return probe
 
 
 def existing_objects(s3: Any, prefix: S3Uri) -> dict[str, int]:

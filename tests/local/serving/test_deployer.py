@@ -98,6 +98,15 @@ def test_deploy_predict_redeploy_and_teardown(tmp_path, monkeypatch, capsys, sta
     assert cli.main(["teardown", str(tmp_path / "run")]) == 0
     assert "stopped" in capsys.readouterr().out
     assert not second.exists()
+
+    # a run after the server died deploys again: the recorded endpoint no longer answers /ping
+    third = pipeline.run(settings)
+    assert third.ran == ("deploy",)
+    started.append(third["deploy"])
+    assert third["deploy"].exists() and third["deploy"].pid != second.pid
+
+    assert cli.main(["teardown", str(tmp_path / "run")]) == 0
+    assert "stopped" in capsys.readouterr().out
     assert cli.main(["teardown", str(tmp_path / "run")]) == 0
     assert "was not running" in capsys.readouterr().out
 

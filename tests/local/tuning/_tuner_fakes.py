@@ -1,8 +1,8 @@
 """Stand-ins for ``train_model`` in the tuner's tests: instant, deterministic, and observable.
 
 Each call appends its hyperparameters to ``calls.log`` in the tuning stage folder (the trial
-folder's grandparent). A file ``hang_at`` there holding N makes the N-th call hang (after
-touching ``hanging``), so a test can kill the process in the middle of a trial.
+folder's grandparent). A file ``hang_at`` there holding N (or N,M,...) makes the N-th call hang
+(after touching ``hanging-N``), so a test can kill the process in the middle of a trial.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def fake_train(manifests, hyperparameters, extensions, out_dir, *, seed=0,
     """Report a rising objective each epoch, ending at :func:`score_of`."""
     calls = _log_call(out_dir, hyperparameters)
     hang = _stage(out_dir) / "hang_at"
-    if hang.exists() and calls == int(hang.read_text()):
-        (_stage(out_dir) / "hanging").touch()
+    if hang.exists() and calls in {int(n) for n in hang.read_text().split(",")}:
+        (_stage(out_dir) / f"hanging-{calls}").touch()
         time.sleep(600)
     final = score_of(hyperparameters)
     epochs = hyperparameters.epochs
@@ -78,4 +78,33 @@ def failing_for_sgd(manifests, hyperparameters, extensions, out_dir, *, seed=0,
     _log_call(out_dir, hyperparameters)
     if hyperparameters.optimizer == "sgd":
         raise DivergedError("the loss became NaN at epoch 0")
+    return _finish(out_dir, score_of(hyperparameters))
+
+
+def outlives_the_grace_period(manifests, hyperparameters, extensions, out_dir, *, seed=0,
+                              epoch_callback=None, progress=True):
+    """Run past the heartbeat grace period, then have Optuna fail the study's stale trials.
+
+    Its own trial is running all the while; it must not be taken for stale.
+    """
+    import warnings
+
+    import optuna
+
+    from pcamflow.local.tuning.storage import (
+        DB_FILE,
+        GRACE_S,
+        STUDY_NAME,
+        open_storage,
+        storage_url,
+    )
+
+    _log_call(out_dir, hyperparameters)
+    time.sleep(GRACE_S + 2.5)
+    storage = open_storage(storage_url(_stage(out_dir) / DB_FILE))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage.engine.dispose()
     return _finish(out_dir, score_of(hyperparameters))

@@ -13,7 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from _tuner_fakes import by_trial_number, failing_for_sgd, fake_train
+from _tuner_fakes import (
+    by_trial_number,
+    failing_for_sgd,
+    fake_train,
+    outlives_the_grace_period,
+)
 
 from pcamflow.artifacts import Manifests, TuningResult
 from pcamflow.config import Settings
@@ -202,7 +207,7 @@ def test_a_killed_run_resumes_without_repeating_finished_trials(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (stage / "hanging").exists():
+        while not (stage / "hanging-3").exists():
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "the tuning process never reached trial 3"
             time.sleep(0.1)
@@ -228,8 +233,62 @@ def test_a_killed_run_resumes_without_repeating_finished_trials(tmp_path):
     assert result.best_value == pytest.approx(best, abs=1e-6)
 
 
+def test_a_killed_parallel_run_retries_the_trials_its_workers_were_running(tmp_path):
+    stage = tmp_path / "tune"
+    stage.mkdir()
+    (stage / "hang_at").write_text("1,2")  # both workers hang in their first trial
+    tune = {"strategy": "Random", "max_jobs": 3, "max_parallel_jobs": 2,
+            "ranges": {"learning_rate": LR, "optimizer": OPT}}
+    script = tmp_path / "tune_once.py"
+    script.write_text(textwrap.dedent(f"""
+        from test_tuner import make_settings, run_tuner
+        from pathlib import Path
+        if __name__ == "__main__":  # the workers are spawned: they import this script
+            run_tuner(make_settings(Path({str(tmp_path)!r}), {tune!r}))
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    process = subprocess.Popen([sys.executable, str(script)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((stage / "hanging-1").exists() and (stage / "hanging-2").exists()):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the workers never started their trials"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)  # its workers exit on their own
+    finally:
+        process.wait(timeout=30)
+        process.stderr.close()
+    before = calls(stage)
+    assert len(before) == 2
+
+    (stage / "hang_at").unlink()
+    run_tuner(make_settings(tmp_path, tune))
+
+    after = calls(stage)[2:]
+    key = lambda c: (c["learning_rate"], c["optimizer"])  # noqa: E731
+    assert len(after) == 3  # both interrupted trials again, and the one never started
+    # the retries start first, but a new trial may log its call before the second retry does
+    assert {key(c) for c in before} < {key(c) for c in after}
+    table = rows(stage)
+    assert [r["state"] for r in table].count("COMPLETE") == 3
+    assert [r["note"] for r in table].count("interrupted; queued again") == 2
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_running_trial_keeps_its_heartbeat_past_the_grace_period(tmp_path, parallel):
+    settings = make_settings(tmp_path, {"strategy": "Random", "max_jobs": parallel,
+                                        "max_parallel_jobs": parallel,
+                                        "ranges": {"learning_rate": LR}})
+    run_tuner(settings, train_fn=outlives_the_grace_period)
+    table = rows(tmp_path / "tune")
+    # a trial failed as stale could not be told COMPLETE, and its retry would show up here
+    assert [r["state"] for r in table] == ["COMPLETE"] * parallel
+    assert len(calls(tmp_path / "tune")) == parallel
+
+
 def test_a_second_process_on_the_same_study_is_refused(tmp_path):
-    from pcamflow.local.tuning.study import study_lock
+    from pcamflow.local.tuning.storage import study_lock
 
     settings = make_settings(tmp_path, {"strategy": "Random", "max_jobs": 1,
                                         "ranges": {"learning_rate": LR}})

@@ -1,10 +1,10 @@
 """Running a tuning study: SQLite storage in the stage folder, resume, parallel trials.
 
-The study lives in ``<stage dir>/study.db`` (Optuna's RDB storage on SQLite). Every trial's
-state, parameters and per-epoch objective are written there as they happen, so a run that is
-killed resumes where it stopped: finished trials (complete, pruned or failed) are kept and
-counted, and a trial that was running when the process died is marked failed ("interrupted")
-and its parameters are queued again. A lock file keeps a second process off a study in use.
+The study lives in ``<stage dir>/study.db`` (Optuna's RDB storage on SQLite; see
+:mod:`pcamflow.local.tuning.storage`). Every trial's state, parameters and per-epoch objective
+are written there as they happen, so a run that is killed resumes where it stopped: finished
+trials (complete, pruned or failed) are kept and counted, and a trial that was running when
+the process died is failed ("interrupted") and its parameters are queued again.
 
 Trials run in this process when ``max_parallel_jobs`` is 1, and otherwise in that many worker
 processes (spawned, each with ``cores / max_parallel_jobs`` PyTorch threads), which report
@@ -13,13 +13,12 @@ each epoch to the shared storage so the pruners see every trial.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from optuna.trial import TrialState
 
 from pcamflow._io import digest
 from pcamflow.artifacts import Manifests
-from pcamflow.errors import ConfigError, PcamflowError, StageError
+from pcamflow.errors import ConfigError, PcamflowError
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.local.tuning.search import (
     PrunerSpec,
@@ -39,53 +38,14 @@ from pcamflow.local.tuning.search import (
     distributions,
     make_pruner,
 )
+from pcamflow.local.tuning.storage import DB_FILE, STUDY_NAME, Heartbeats, open_storage, storage_url
 from pcamflow.tuning_ranges import TuningRange
 
-__all__ = [
-    "DB_FILE",
-    "OBJECTIVE",
-    "STUDY_NAME",
-    "TrialJob",
-    "TrialOutcome",
-    "open_storage",
-    "run_trial",
-    "study_lock",
-]
+__all__ = ["OBJECTIVE", "TrialJob", "TrialOutcome", "run_trial"]
 
 log = logging.getLogger("pcamflow")
-STUDY_NAME = "pcamflow"
-DB_FILE = "study.db"
-LOCK_FILE = "study.lock"
 OBJECTIVE = "validation:accuracy"
 TrainFn = Callable[..., Any]
-
-
-def storage_url(db: str | Path) -> str:
-    """The SQLAlchemy URL of a SQLite study file."""
-    return f"sqlite:///{Path(db).resolve()}"
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage, waiting on SQLite's lock rather than failing when it is busy."""
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-
-
-@contextlib.contextmanager
-def study_lock(stage_dir: Path) -> Iterator[None]:
-    """Hold ``study.lock`` in ``stage_dir``; a second tuning process on it is refused."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    path = stage_dir / LOCK_FILE
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StageError(
-                f"{path}: another tuning process is using this study; wait for it or stop it"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @attrs.frozen
@@ -229,27 +189,9 @@ def study_fingerprint(payload: Mapping[str, Any]) -> str:
     return digest(dict(payload))
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Mark trials left running by a dead process as failed and queue their parameters again.
-
-    Call only while holding the study lock (so no live process owns a running trial).
-    Returns the number of trials queued again.
-    """
-    requeued = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params and not trial.user_attrs.get("warm_start"):
-            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number},
-                                skip_if_exists=False)
-            requeued += 1
-    return requeued
-
-
-def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts toward ``max_jobs`` (finished here, not interrupted)."""
-    if trial.user_attrs.get("warm_start") or trial.user_attrs.get("interrupted"):
+def counted(trial: optuna.trial.FrozenTrial, interrupted: set[int]) -> bool:
+    """Whether a trial counts toward ``max_jobs`` (finished here, not ``interrupted``)."""
+    if trial.user_attrs.get("warm_start") or trial.number in interrupted:
         return False
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -312,9 +254,17 @@ def record(trial: optuna.trial.Trial, study: optuna.Study, outcome: TrialOutcome
         study.tell(trial, state=TrialState.FAIL)
 
 
+def _ask(study: optuna.Study, dists: Mapping[str, Any]) -> optuna.trial.Trial:
+    with warnings.catch_warnings():
+        # Optuna warns that its heartbeats are meant for optimize(); Heartbeats records them
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        return study.ask(dict(dists))
+
+
 def execute(
     study: optuna.Study,
-    make_job: Callable[[optuna.trial.Trial], TrialJob],
+    storage: optuna.storages.BaseStorage,
+    make_job: Callable[[optuna.trial.Trial, int], TrialJob],
     remaining: int,
     *,
     ranges: Mapping[str, TuningRange],
@@ -322,40 +272,44 @@ def execute(
     train_fn: TrainFn | None,
     on_done: Callable[[TrialJob, TrialOutcome], None],
 ) -> None:
-    """Run ``remaining`` trials, ``parallel`` at a time.
+    """Run ``remaining`` trials, ``parallel`` at a time, recording their heartbeats.
 
-    A trial cut short by an exception (Ctrl-C, a crash) stays ``RUNNING`` in the storage; the
-    next run marks it interrupted and tries its parameters again.
+    ``make_job`` gets each asked trial and its storage id. A trial cut short by an exception
+    (Ctrl-C, a crash) or a kill stays ``RUNNING`` in the storage, its heartbeat stopped; the
+    next run fails it and tries its parameters again (:func:`recover_interrupted`).
     """
     dists = distributions(ranges)
-    if parallel <= 1:
-        for _ in range(remaining):
-            trial = study.ask(dists)
-            job = make_job(trial)
-            outcome = run_trial(job, train_fn, study)
-            record(trial, study, outcome)
-            on_done(job, outcome)
-        return
-    import multiprocessing
+    with Heartbeats(storage, study) as heartbeats:
+        if parallel <= 1:
+            for _ in range(remaining):
+                trial = _ask(study, dists)
+                job = make_job(trial, heartbeats.start(trial))
+                outcome = run_trial(job, train_fn, study)
+                record(trial, study, outcome)
+                heartbeats.stop(job.trial_id)
+                on_done(job, outcome)
+            return
+        import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    context = multiprocessing.get_context("spawn")
-    running: dict[Future[TrialOutcome], tuple[optuna.trial.Trial, TrialJob]] = {}
-    started = 0
-    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_init_worker,
-                             initargs=(os.getpid(), threads)) as pool:
-        try:
-            while started < remaining or running:
-                while started < remaining and len(running) < parallel:
-                    trial = study.ask(dists)
-                    job = make_job(trial)
-                    running[pool.submit(run_trial, job, train_fn)] = (trial, job)
-                    started += 1
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in finished:
-                    trial, job = running.pop(future)
-                    record(trial, study, future.result())
-                    on_done(job, future.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        context = multiprocessing.get_context("spawn")
+        running: dict[Future[TrialOutcome], tuple[optuna.trial.Trial, TrialJob]] = {}
+        started = 0
+        with ProcessPoolExecutor(parallel, mp_context=context, initializer=_init_worker,
+                                 initargs=(os.getpid(), threads)) as pool:
+            try:
+                while started < remaining or running:
+                    while started < remaining and len(running) < parallel:
+                        trial = _ask(study, dists)
+                        job = make_job(trial, heartbeats.start(trial))
+                        running[pool.submit(run_trial, job, train_fn)] = (trial, job)
+                        started += 1
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        trial, job = running.pop(future)
+                        record(trial, study, future.result())
+                        heartbeats.stop(job.trial_id)
+                        on_done(job, future.result())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise

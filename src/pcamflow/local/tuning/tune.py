@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from pcamflow._io import atomic_write
 from pcamflow.artifacts import Manifests, TuningResult
 from pcamflow.errors import StageError
+from pcamflow.local.tuning import storage as _storage
 from pcamflow.local.tuning import study as _study
 from pcamflow.local.tuning.search import PrunerSpec, grid_size, make_pruner, make_sampler
 
@@ -43,13 +44,15 @@ def _target(tune: Any) -> int:
     return int(tune.max_jobs)
 
 
-def _open_study(stage_dir: Path, fingerprint: str) -> optuna.Study:
-    """Open the stage's study, setting aside (never deleting) one made from other settings."""
-    db = stage_dir / _study.DB_FILE
+def _open_study(
+    stage_dir: Path, fingerprint: str
+) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    """The stage's study and its storage; one made from other settings is set aside, not deleted."""
+    db = stage_dir / _storage.DB_FILE
     if db.exists():
-        storage = _study.open_storage(_study.storage_url(db))
+        storage = _storage.open_storage(_storage.storage_url(db))
         try:
-            old = optuna.load_study(study_name=_study.STUDY_NAME, storage=storage)
+            old = optuna.load_study(study_name=_storage.STUDY_NAME, storage=storage)
             same = old.user_attrs.get("fingerprint") == fingerprint
         except KeyError:
             same = False
@@ -60,12 +63,12 @@ def _open_study(stage_dir: Path, fingerprint: str) -> optuna.Study:
             os.replace(db, kept)
             log.warning("tune: %s was made from other settings; kept as %s, starting afresh",
                         db, kept.name)
-    storage = _study.open_storage(_study.storage_url(db))
-    study = optuna.create_study(study_name=_study.STUDY_NAME, storage=storage,
+    storage = _storage.open_storage(_storage.storage_url(db))
+    study = optuna.create_study(study_name=_storage.STUDY_NAME, storage=storage,
                                 direction="maximize", load_if_exists=True)
     study.set_user_attr("fingerprint", fingerprint)
     study.set_user_attr("objective", _study.OBJECTIVE)
-    return study
+    return study, storage
 
 
 def tune(
@@ -107,15 +110,16 @@ def tune(
     })
     target = _target(tune_settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _study.study_lock(stage_dir):
-        study = _open_study(stage_dir, fingerprint)
-        requeued = _study.recover_interrupted(study)
+    with _storage.study_lock(stage_dir):
+        study, storage = _open_study(stage_dir, fingerprint)
+        requeued = _storage.recover_interrupted(study, storage)
         if requeued:
             log.info("tune: %d interrupted trial(s) queued again", requeued)
         if tune_settings.warm_start_from:
             _study.warm_start(study, Path(tune_settings.warm_start_from), ranges)
         trials = study.get_trials(deepcopy=False)
-        done = sum(1 for t in trials if _study.counted(t))
+        interrupted = _storage.interrupted_numbers(trials)
+        done = sum(1 for t in trials if _study.counted(t, interrupted))
         remaining = max(0, target - done)
         # a fresh seed per resume, so a random sampler does not replay the first run's draws
         study.sampler = make_sampler(tune_settings.strategy, ranges, seed=seed + len(trials),
@@ -123,11 +127,11 @@ def tune(
         study.pruner = make_pruner(pruner)
         if done:
             log.info("tune: resuming; %d of %d trials already finished", done, target)
-        url = _study.storage_url(stage_dir / _study.DB_FILE)
+        url = _storage.storage_url(stage_dir / _storage.DB_FILE)
 
-        def make_job(trial: optuna.trial.Trial) -> _study.TrialJob:
+        def make_job(trial: optuna.trial.Trial, trial_id: int) -> _study.TrialJob:
             return _study.TrialJob(
-                storage=url, trial_id=trial._trial_id, number=trial.number,
+                storage=url, trial_id=trial_id, number=trial.number,
                 params=dict(trial.params), ranges=ranges, base=base, extensions=extensions,
                 manifests=manifests, out_dir=str(stage_dir / "trials" / f"{trial.number:03d}"),
                 seed=train_seed, pruner=pruner,
@@ -145,8 +149,8 @@ def tune(
             write_outputs(study, stage_dir, final=False)
 
         try:
-            _study.execute(study, make_job, remaining, ranges=ranges, parallel=parallel,
-                           train_fn=train_fn, on_done=on_done)
+            _study.execute(study, storage, make_job, remaining, ranges=ranges,
+                           parallel=parallel, train_fn=train_fn, on_done=on_done)
         finally:
             bar.close()
         return write_outputs(study, stage_dir)
@@ -167,6 +171,7 @@ def write_outputs(study: optuna.Study, stage_dir: Path, *, final: bool = True) -
     from pcamflow.evaluation.plots import plot_tuning_history
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    interrupted = _storage.interrupted_numbers(study.get_trials(deepcopy=False))
     names = sorted({n for t in trials for n in t.user_attrs.get("hyperparameters", {})}
                    | {n for t in trials for n in t.params})
     path = stage_dir / TRIALS_CSV
@@ -181,13 +186,13 @@ def write_outputs(study: optuna.Study, stage_dir: Path, *, final: bool = True) -
                 else None)
             source = "warm start" if t.user_attrs.get("warm_start") else "this study"
             note = t.user_attrs.get("error") or (
-                "interrupted; queued again" if t.user_attrs.get("interrupted") else "")
+                "interrupted; queued again" if t.number in interrupted else "")
             writer.writerow([t.number, t.state.name, "" if value is None else f"{value:.6f}",
                              *(hp.get(n, t.params.get(n, "")) for n in names),
                              t.user_attrs.get("epochs", len(t.intermediate_values)),
                              t.user_attrs.get("duration_s", ""), source, note])
     own = [t for t in trials if not t.user_attrs.get("warm_start")
-           and not t.user_attrs.get("interrupted")]
+           and t.number not in interrupted]
     if not final:
         return TuningResult(best_hyperparameters={}, trials=str(path))
     plot_tuning_history(
