@@ -246,6 +246,11 @@ class DeploySettings:
         max_batch_size: requests batched into one forward pass.
         max_wait_ms: how long a request waits for others to batch with.
         threads: torch threads of the local server's forward pass (None: one per core).
+        max_body_bytes: the local server's largest request body (SageMaker's is 6 MB).
+        max_images: the most images in one batch-form (``.npy``) request.
+        max_pixels: the most pixels decoded for one request, all its images together.
+        max_connections: open connections; beyond, idle and slow ones are closed first.
+        read_timeout_s: seconds a client has to send a request's head, and then its body.
         instance_type: the SageMaker endpoint's instance type.
         initial_instance_count: the SageMaker endpoint's instances.
     """
@@ -259,6 +264,14 @@ class DeploySettings:
     max_batch_size: int = attrs.field(default=32, validator=_POSITIVE)
     max_wait_ms: float = attrs.field(default=5.0, validator=_NON_NEGATIVE)
     threads: int | None = attrs.field(default=None, validator=_POSITIVE)
+    # the local server's limits on hostile input (docs/serving.md, "Limits")
+    max_body_bytes: int = attrs.field(default=6 * 1024 * 1024, validator=_POSITIVE)
+    max_images: int = attrs.field(default=64, validator=_POSITIVE)
+    max_pixels: int = attrs.field(default=1024 * 1024, validator=_POSITIVE)
+    max_connections: int = attrs.field(default=64, validator=_POSITIVE)
+    read_timeout_s: float = attrs.field(
+        default=10.0, validator=_check(lambda v: 0 < v < 1e6, "is outside 0..1e6 seconds")
+    )
     instance_type: str = "ml.m5.large"
     initial_instance_count: int = attrs.field(default=1, validator=_POSITIVE)
 

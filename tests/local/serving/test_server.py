@@ -158,7 +158,8 @@ def test_concurrent_requests_share_forward_passes(model) -> None:
             answers = [f.result() for f in futures]
         info = http.get("/info").json()["batches"]
     assert sum(sizes) == 16 and len(sizes) == 2  # two forward passes for 16 requests
-    assert info == {"count": 2, "images": 16, "largest": max(sizes), "mean": 8.0}
+    assert info == {"count": 2, "images": 16, "largest": max(sizes), "mean": 8.0,
+                    "abandoned": 0, "dropped": 0}
     want = expected(model, [decoded(b) for b in bodies])
     np.testing.assert_allclose(np.array(answers), want, rtol=1e-4, atol=1e-5)
 

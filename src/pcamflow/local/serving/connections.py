@@ -1,0 +1,166 @@
+"""Connection limits of the local endpoint: a read timeout, a connection cap, no Nagle delay.
+
+uvicorn's own guard (``limit_concurrency``) answers a plain-text 503 to every request, ``/ping``
+included, once that many connections are open, so a few hundred idle connections took the
+endpoint down; and it never times out a connection that trickles its request head. The
+protocol here is uvicorn's h11 protocol with these changes:
+
+- A connection must send a complete request head within ``read_timeout_s`` of opening (or of
+  its previous answer), else it is answered 408 and closed. (The body's own deadline is the
+  app's: see :func:`pcamflow.local.serving.app.create_app`.)
+- At most ``max_connections`` are open. A new connection beyond that closes the one that has
+  waited longest without a request (a half-open or idle one); failing that, the oldest one still
+  sending its body, which is answered 503. Only when every connection holds a whole request is
+  the new one answered 503 ``ServiceUnavailable`` and closed. A flood of idle connections thus
+  costs the flooder its own connections, and ``/ping`` keeps answering.
+- ``TCP_NODELAY`` is set on every connection: uvicorn writes an answer's head and body
+  separately, and with Nagle's algorithm the body waited for the client's delayed ACK, 40 ms
+  per request.
+- Every error it answers itself (400 for a malformed request, 408, 503) is in the SageMaker
+  runtime API's format, an ``x-amzn-ErrorType`` header and a ``{"message": ...}`` body.
+
+:func:`guarded_protocol` makes the protocol class for given limits; ``hosting`` passes it to
+uvicorn as its ``http`` implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["GuardedProtocol", "error_bytes", "guarded_protocol"]
+
+log = logging.getLogger("pcamflow.server")
+
+
+def error_bytes(status: int, error_type: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error answer in the runtime API's format, closing the connection."""
+    body = json.dumps({"message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"x-amzn-ErrorType: {error_type}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a read timeout, a connection cap and ``TCP_NODELAY``."""
+
+    max_connections: ClassVar[int] = 64
+    read_timeout_s: ClassVar[float] = 10.0
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _waiting_since = 0.0  # when it last started waiting for a request head
+    _partial = False  # bytes of a request head have arrived
+
+    # --- uvicorn's protocol interface ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._wait_for_head()
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._partial = True
+        super().data_received(data)
+        if self._in_request():
+            self._stop_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self._in_request():
+            self._wait_for_head()
+
+    def send_400_response(self, msg: str) -> None:
+        self._answer(400, "ValidationError", f"the request is not valid HTTP/1.1: {msg}")
+
+    # --- the limits ------------------------------------------------------------------------------
+
+    def _in_request(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _reading_body(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_started
+
+    def _wait_for_head(self) -> None:
+        self._stop_head_timer()
+        self._waiting_since = time.monotonic()
+        self._partial = False
+        self._head_timer = self.loop.call_later(self.read_timeout_s, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._in_request():
+            return
+        if self._partial:
+            self._answer(
+                408, "ValidationError",
+                f"the request head did not arrive within {self.read_timeout_s:g} s",
+            )
+        else:  # an idle connection: close it quietly, as keep-alive expiry does
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        others = [c for c in self.connections if c is not self and isinstance(c, GuardedProtocol)]
+        waiting = [c for c in others if not c.transport.is_closing() and not c._in_request()]
+        if waiting:
+            min(waiting, key=lambda c: c._waiting_since).transport.close()
+            return
+        reading = [c for c in others if not c.transport.is_closing() and c._reading_body()]
+        if reading:
+            min(reading, key=lambda c: c._waiting_since)._answer(
+                503, "ServiceUnavailable",
+                "the endpoint is at its connection limit and this request's body was the "
+                "slowest to arrive; send it again",
+            )
+            return
+        log.warning("connection limit (%d) reached: a new connection is refused",
+                    self.max_connections)
+        self._answer(
+            503, "ServiceUnavailable",
+            f"the endpoint is at its limit of {self.max_connections} connections, each with "
+            "a request in progress; try again",
+        )
+
+    def _answer(self, status: int, error_type: str, message: str) -> None:
+        """Answer an error on this connection, outside any request, and close it."""
+        self._stop_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's answer, if any, is not sent
+            self.cycle.message_event.set()
+        if not self.transport.is_closing():
+            self.transport.write(error_bytes(status, error_type, message))
+            self.transport.close()
+
+
+def guarded_protocol(max_connections: int, read_timeout_s: float) -> type[GuardedProtocol]:
+    """The protocol class for uvicorn's ``http`` setting, with these limits."""
+    attributes: dict[str, Any] = {
+        "max_connections": max_connections,
+        "read_timeout_s": read_timeout_s,
+    }
+    return type("GuardedProtocol", (GuardedProtocol,), attributes)
