@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -96,6 +97,39 @@ def test_the_batch_form_answers_a_list_of_lists(model, client) -> None:
     np.testing.assert_allclose(answer, expected(model, list(images)), rtol=1e-5, atol=1e-6)
     one = client.post("/invocations", content=npy(images[0]), headers=NPY)
     np.testing.assert_allclose(one.json(), answer[:1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("JPEG", "image/png"), ("PNG", "image/jpeg"), ("PNG", "application/x-image")],
+    ids=["jpeg-as-png", "png-as-jpeg", "png-as-x-image"],
+)
+def test_jpeg_and_png_are_taken_under_any_of_the_image_types(model, client, fmt,
+                                                              content_type) -> None:
+    """The algorithm supports .jpg and .png "as image/png, image/jpeg, and application/x-image
+    content-type" (AWS, "Image Classification - MXNet", Inference)."""
+    body = encode(patch(3), fmt)
+    reply = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(reply.json(), expected(model, [decoded(body)])[0], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_accept_jsonlines_answers_one_prediction_record_per_image(model, client) -> None:
+    body = encode(patch(4))
+    one = client.post("/invocations", content=body,
+                      headers={**JPEG, "Accept": "application/jsonlines"})
+    assert one.status_code == 200, one.text
+    assert one.headers["content-type"] == "application/jsonlines"
+    assert one.text.endswith("\n") and one.text.count("\n") == 1
+    record = json.loads(one.text)
+    np.testing.assert_allclose(record["prediction"], expected(model, [decoded(body)])[0],
+                               rtol=1e-5, atol=1e-6)
+    images = np.stack([patch(seed) for seed in range(3)])
+    batch = client.post("/invocations", content=npy(images),
+                        headers={**NPY, "Accept": "application/jsonlines"})
+    rows = [json.loads(line)["prediction"] for line in batch.text.splitlines()]
+    np.testing.assert_allclose(rows, expected(model, list(images)), rtol=1e-5, atol=1e-6)
 
 
 def test_an_accept_other_than_json_is_refused(client) -> None:

@@ -25,20 +25,24 @@ class ApiError(Exception):
         status: the HTTP status.
         error_type: the ``x-amzn-ErrorType`` header (botocore's error code).
         message: the ``message`` of the JSON body.
+        close: close the connection after the answer (the body was not read to its end, so
+            what is left of it must not be taken for the next request).
     """
 
-    def __init__(self, status: int, error_type: str, message: str) -> None:
+    def __init__(self, status: int, error_type: str, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.message = message
+        self.close = close
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         """The JSON response for this error."""
+        extra = {"Connection": "close"} if self.close else {}
         return JSONResponse(
             {"message": self.message},
             status_code=self.status,
-            headers={"x-amzn-ErrorType": self.error_type, **(headers or {})},
+            headers={"x-amzn-ErrorType": self.error_type, **extra, **(headers or {})},
         )
 
 
@@ -136,6 +140,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         413,
         "ValidationError",
         f"the request body is over the {limit:,}-byte limit of this endpoint",
+        close=True,
     )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -154,5 +159,6 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         return await asyncio.wait_for(read(), timeout_s)
     except (TimeoutError, asyncio.TimeoutError):
         raise ApiError(
-            408, "ValidationError", f"the request body did not arrive within {timeout_s:g} s"
+            408, "ValidationError", f"the request body did not arrive within {timeout_s:g} s",
+            close=True,
         ) from None
