@@ -8,11 +8,14 @@ protocol here is uvicorn's h11 protocol with these changes:
 - A connection must send a complete request head within ``read_timeout_s`` of opening (or of
   its previous answer), else it is answered 408 and closed. (The body's own deadline is the
   app's: see :func:`pcamflow.local.serving.app.create_app`.)
-- At most ``max_connections`` are open. A new connection beyond that closes the one that has
-  waited longest without a request (a half-open or idle one); failing that, the oldest one still
-  sending its body, which is answered 503. Only when every connection holds a whole request is
-  the new one answered 503 ``ServiceUnavailable`` and closed. A flood of idle connections thus
-  costs the flooder its own connections, and ``/ping`` keeps answering.
+- At most ``max_connections`` are open. A new connection beyond that closes an idle one: one
+  that never sent a whole request (a half-open one) first, the oldest first, and a client's
+  kept-alive one only when there is none, the one idle longest first; a connection whose
+  request has arrived but is not read yet is not idle. Failing that, the one sending its body
+  the longest is answered 503 and closed. While new connections' requests are still unread,
+  up to twice the limit may be open for a moment; beyond, or when every connection holds a
+  request, the new one is answered 503 ``ServiceUnavailable`` and closed. A flood of idle
+  connections thus costs the flooder its own connections, and ``/ping`` keeps answering.
 - ``TCP_NODELAY`` is set on every connection: uvicorn writes an answer's head and body
   separately, and with Nagle's algorithm the body waited for the client's delayed ACK, 40 ms
   per request.
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 from http import HTTPStatus
@@ -61,6 +65,8 @@ class GuardedProtocol(H11Protocol):
     _head_timer: asyncio.TimerHandle | None = None
     _waiting_since = 0.0  # when it last started waiting for a request head
     _partial = False  # bytes of a request head have arrived
+    _served = 0  # answers sent on this connection
+    _recheck: asyncio.TimerHandle | None = None
 
     # --- uvicorn's protocol interface ----------------------------------------------------------
 
@@ -72,10 +78,12 @@ class GuardedProtocol(H11Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._wait_for_head()
         if len(self.connections) > self.max_connections:
-            self._make_room()
+            self._enforce_limit()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._recheck is not None:
+            self._recheck.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -85,6 +93,7 @@ class GuardedProtocol(H11Protocol):
             self._stop_head_timer()
 
     def on_response_complete(self) -> None:
+        self._served += 1
         super().on_response_complete()
         if not self.transport.is_closing() and not self._in_request():
             self._wait_for_head()
@@ -124,19 +133,44 @@ class GuardedProtocol(H11Protocol):
         else:  # an idle connection: close it quietly, as keep-alive expiry does
             self.transport.close()
 
-    def _make_room(self) -> None:
-        others = [c for c in self.connections if c is not self and isinstance(c, GuardedProtocol)]
-        waiting = [c for c in others if not c.transport.is_closing() and not c._in_request()]
-        if waiting:
-            min(waiting, key=lambda c: c._waiting_since).transport.close()
+    def _enforce_limit(self) -> None:
+        """Close connections until at most ``max_connections`` are open (see the module)."""
+        first_look, self._recheck = self._recheck is None, None
+        if self.transport.is_closing():
             return
-        reading = [c for c in others if not c.transport.is_closing() and c._reading_body()]
-        if reading:
-            min(reading, key=lambda c: c._waiting_since)._answer(
+        live = [c for c in self.connections
+                if isinstance(c, GuardedProtocol) and not c.transport.is_closing()]
+        excess = len(live) - self.max_connections
+        # idle: no request in progress and none about to start (a new client's request may
+        # still be unread in its socket: such a connection is not idle)
+        idle = sorted(
+            (c for c in live if c is not self and not c._in_request()),
+            key=lambda c: (c._served > 0, c._waiting_since),  # never-served ones first
+        )
+        for victim in idle:
+            if excess <= 0:
+                return
+            if not _unread(victim.transport):
+                victim.transport.close()
+                excess -= 1
+        for victim in sorted((c for c in live if c is not self and c._reading_body()),
+                             key=lambda c: c._waiting_since):
+            if excess <= 0:
+                return
+            victim._answer(
                 503, "ServiceUnavailable",
                 "the endpoint is at its connection limit and this request's body was the "
                 "slowest to arrive; send it again",
             )
+            excess -= 1
+        if excess <= 0 or (not first_look and self._in_request()):
+            return  # (a request read meanwhile, /ping say, is let through)
+        if first_look and len(live) <= 2 * self.max_connections:
+            # new connections whose requests are not read yet: look again once they are
+            self._recheck = self.loop.call_later(0.05, self._enforce_limit)
+            return
+        if self._served:  # it made its requests meanwhile, and is idle now
+            self.transport.close()
             return
         log.warning("connection limit (%d) reached: a new connection is refused",
                     self.max_connections)
@@ -155,6 +189,18 @@ class GuardedProtocol(H11Protocol):
         if not self.transport.is_closing():
             self.transport.write(error_bytes(status, error_type, message))
             self.transport.close()
+
+
+def _unread(transport: asyncio.BaseTransport) -> bool:
+    """Whether bytes have arrived on the transport's socket that it has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing to read (BlockingIOError), or the socket is gone
+        return False
 
 
 def guarded_protocol(max_connections: int, read_timeout_s: float) -> type[GuardedProtocol]:
