@@ -243,6 +243,23 @@ def test_a_request_larger_than_a_batch_is_sliced() -> None:
     assert answer[:, 0].tolist() == list(range(10))
 
 
+def test_a_large_request_slices_no_more_per_pass_than_a_small_one_takes() -> None:
+    sizes: list[int] = []
+
+    async def main():
+        batcher = _recording_batcher(sizes, max_batch_size=8, max_wait_ms=0)
+        try:
+            return await asyncio.gather(batcher.submit(_images(10)), batcher.submit(_images(1)),
+                                        batcher.submit(_images(1, 50)))
+        finally:
+            await batcher.aclose()
+
+    large, first, second = asyncio.run(main())
+    assert sizes == [3, 8, 1]  # one image each while they share; then the large one alone
+    assert large[:, 0].tolist() == list(range(10))
+    assert first[:, 0].tolist() == [0] and second[:, 0].tolist() == [50]
+
+
 def test_a_batch_waits_for_announced_requests_only() -> None:
     sizes: list[int] = []
 

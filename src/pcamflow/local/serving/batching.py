@@ -2,10 +2,11 @@
 
 Requests put their images on an asyncio queue and await a future. One collector task keeps
 the requests in progress in a line and composes each forward pass from them, up to
-``max_batch_size`` images: each request in the line gets an equal share of the batch
-(``max_batch_size // requests``, at least one image), so a request of many images is
-interleaved with the others rather than run to its end while they wait. Requests served in a
-batch go to the back of the line.
+``max_batch_size`` images: each request in the line gets the same number of images in it (an
+equal share of the batch, ``max_batch_size // requests``, and no more than a waiting small
+request takes), so a request of many images is interleaved with the others in slices as small
+as theirs rather than run to its end, or in large slices, while they wait. Requests served in
+a batch go to the back of the line.
 
 The collector waits up to ``max_wait_ms`` for more only while other requests are known to be
 on their way (announced with :meth:`MicroBatcher.expect` while their bodies are decoded): a
@@ -249,13 +250,21 @@ class MicroBatcher:
         self._line = kept
 
     def _compose(self) -> list[tuple[_Item, int]]:
-        """The next batch: (request, images taken) pairs, an equal share for each request."""
+        """The next batch: (request, images taken) pairs, the same number for each request.
+
+        That number is the share of the batch each request would get
+        (``max_batch_size // requests``), but no more than what the largest of the requests
+        that fit in a share has left: a request of many images slices as much per pass as a
+        waiting single-image request gets, so it cannot make the pass that one waits for long.
+        """
         share = max(1, self.max_batch_size // len(self._line))
+        small = [item.left for item in self._line if item.left <= share]
+        quantum = max(small) if small else share
         room, batch = self.max_batch_size, []
         for item in self._line:
             if room == 0:
                 break
-            take = min(item.left, share, room)
+            take = min(item.left, quantum, room)
             batch.append((item, take))
             room -= take
         # those served go to the back of the line, in their order; the rest come first

@@ -32,15 +32,23 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
+import struct
 import time
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - not POSIX: unread requests cannot be seen
+    fcntl = termios = None  # type: ignore[assignment]
+
 __all__ = ["GuardedProtocol", "error_bytes", "guarded_protocol"]
+
+_GRACE_S = 0.05  # a new connection's first bytes are read within this, even on a busy loop
 
 log = logging.getLogger("pcamflow.server")
 
@@ -67,6 +75,8 @@ class GuardedProtocol(H11Protocol):
     _partial = False  # bytes of a request head have arrived
     _served = 0  # answers sent on this connection
     _recheck: asyncio.TimerHandle | None = None
+    _refused: ClassVar[int] = 0  # connections refused since the last warning in the log
+    _refused_logged: ClassVar[float] = -1e9
 
     # --- uvicorn's protocol interface ----------------------------------------------------------
 
@@ -141,10 +151,13 @@ class GuardedProtocol(H11Protocol):
         live = [c for c in self.connections
                 if isinstance(c, GuardedProtocol) and not c.transport.is_closing()]
         excess = len(live) - self.max_connections
-        # idle: no request in progress and none about to start (a new client's request may
-        # still be unread in its socket: such a connection is not idle)
+        # idle: no request in progress and none about to start. A connection made a moment
+        # ago has not been read yet (its request may be in its socket): it is judged at the
+        # next look; an older one is idle unless bytes wait unread in its socket
+        now = time.monotonic()
         idle = sorted(
-            (c for c in live if c is not self and not c._in_request()),
+            (c for c in live if c is not self and not c._in_request()
+             and (c._partial or c._served or now - c._waiting_since >= _GRACE_S)),
             key=lambda c: (c._served > 0, c._waiting_since),  # never-served ones first
         )
         for victim in idle:
@@ -167,13 +180,16 @@ class GuardedProtocol(H11Protocol):
             return  # (a request read meanwhile, /ping say, is let through)
         if first_look and len(live) <= 2 * self.max_connections:
             # new connections whose requests are not read yet: look again once they are
-            self._recheck = self.loop.call_later(0.05, self._enforce_limit)
+            self._recheck = self.loop.call_later(_GRACE_S, self._enforce_limit)
             return
         if self._served:  # it made its requests meanwhile, and is idle now
             self.transport.close()
             return
-        log.warning("connection limit (%d) reached: a new connection is refused",
-                    self.max_connections)
+        GuardedProtocol._refused += 1
+        if now - GuardedProtocol._refused_logged >= 10.0:  # a flood must not flood the log too
+            log.warning("connection limit (%d) reached: %d new connection(s) refused",
+                        self.max_connections, GuardedProtocol._refused)
+            GuardedProtocol._refused, GuardedProtocol._refused_logged = 0, now
         self._answer(
             503, "ServiceUnavailable",
             f"the endpoint is at its limit of {self.max_connections} connections, each with "
@@ -194,13 +210,13 @@ class GuardedProtocol(H11Protocol):
 def _unread(transport: asyncio.BaseTransport) -> bool:
     """Whether bytes have arrived on the transport's socket that it has not read yet."""
     sock = transport.get_extra_info("socket")
-    if sock is None:
+    if sock is None or fcntl is None:
         return False
-    try:
-        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
-            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # nothing to read (BlockingIOError), or the socket is gone
+    try:  # one cheap system call: this runs for many connections under a flood
+        count = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:  # the socket is gone
         return False
+    return struct.unpack("i", count)[0] > 0
 
 
 def guarded_protocol(max_connections: int, read_timeout_s: float) -> type[GuardedProtocol]:
