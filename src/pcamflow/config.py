@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-from attrs.validators import deep_iterable, ge, in_, le, min_len, optional
+from attrs.validators import deep_iterable, ge, gt, in_, le, lt, min_len, optional
 
 from pcamflow._structure import INLINE, OMIT, READING, converter, structure
 from pcamflow._validation import FINITE, INTEGER, MAX_SEED, NUMBER, checked
@@ -255,6 +255,11 @@ class DeploySettings:
         max_batch_size: requests batched into one forward pass.
         max_wait_ms: how long a request waits for others to batch with.
         threads: torch threads of the local server's forward pass (None: one per core).
+        max_body_bytes: the local server's largest request body (SageMaker's is 6 MB).
+        max_images: the most images in one batch-form (``.npy``) request.
+        max_pixels: the most pixels decoded for one request, all its images together.
+        max_connections: open connections; beyond, idle and slow ones are closed first.
+        read_timeout_s: seconds a client has to send a request's head, and then its body.
         instance_type: the SageMaker endpoint's instance type.
         initial_instance_count: the SageMaker endpoint's instances.
     """
@@ -266,6 +271,12 @@ class DeploySettings:
     max_batch_size: int = attrs.field(default=32, validator=_COUNT)
     max_wait_ms: float = attrs.field(default=5.0, validator=[NUMBER, FINITE, ge(0)])
     threads: int | None = attrs.field(default=None, validator=optional(_COUNT))
+    # the local server's limits on hostile input (docs/serving.md, "Limits")
+    max_body_bytes: int = attrs.field(default=6 * 1024 * 1024, validator=_COUNT)
+    max_images: int = attrs.field(default=64, validator=_COUNT)
+    max_pixels: int = attrs.field(default=1024 * 1024, validator=_COUNT)
+    max_connections: int = attrs.field(default=64, validator=_COUNT)
+    read_timeout_s: float = attrs.field(default=10.0, validator=[NUMBER, gt(0), lt(1e6)])
     instance_type: str = "ml.m5.large"
     initial_instance_count: int = attrs.field(default=1, validator=_COUNT)
 

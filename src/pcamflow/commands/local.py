@@ -53,7 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options = attrs.evolve(
             DEFAULTS, name=args.name, host=args.host, port=args.port,
             max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-            threads=args.threads,
+            threads=args.threads, max_body_bytes=args.max_body_bytes,
+            max_images=args.max_images, max_pixels=args.max_pixels,
+            max_connections=args.max_connections, read_timeout_s=args.read_timeout_s,
         )
     except ConfigError as error:  # the option names are the settings' names
         raise ConfigError(f"--{str(error).replace('_', '-')}") from None
@@ -173,6 +175,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    f"(default {DEFAULTS.max_wait_ms:g})")
     p.add_argument("--threads", type=int,
                    help="torch threads for the forward pass (default: one per core)")
+    limits = p.add_argument_group("limits on each request and connection")
+    limits.add_argument("--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes,
+                        help=f"the largest request body (default {DEFAULTS.max_body_bytes:,})")
+    limits.add_argument("--max-images", type=int, default=DEFAULTS.max_images,
+                        help=f"images in one .npy request (default {DEFAULTS.max_images})")
+    limits.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
+                        help="pixels decoded for one request, all its images together "
+                        f"(default {DEFAULTS.max_pixels:,})")
+    limits.add_argument("--max-connections", type=int, default=DEFAULTS.max_connections,
+                        help="connections open at once; beyond, idle ones are closed "
+                        f"(default {DEFAULTS.max_connections})")
+    limits.add_argument("--read-timeout-s", type=float, default=DEFAULTS.read_timeout_s,
+                        help="seconds a client has to send a request's head, then its body "
+                        f"(default {DEFAULTS.read_timeout_s:g})")
     p.add_argument("--url-file", help="write the server's URL here once it listens")
     p.set_defaults(func=cmd_serve)
 

@@ -153,6 +153,53 @@ def test_bad_archives_raise_model_error_naming_the_file(tmp_path: Path) -> None:
         load_model_archive(wrong)
 
 
+def _with_meta(path: Path, meta_json: str) -> Path:
+    """A model.tar.gz with real weights and the given model.json text."""
+    good = save_model_archive(path.with_suffix(".good.tar.gz"), build_model(20, 2), _meta())
+    with tarfile.open(good) as src, tarfile.open(path, "w:gz") as dst:
+        weights = src.extractfile("model.safetensors").read()
+        for name, data in (("model.safetensors", weights), ("model.json", meta_json.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"std": [float("nan")] * 3}, "std"),
+        ({"std": [0.2, -0.1, 0.2]}, "std"),
+        ({"mean": [0.5, float("inf"), 0.5]}, "mean"),
+        ({"resize": -1}, "resize"),
+        ({"resize": 16}, "resize"),
+        ({"resize": "big"}, "resize"),
+        ({"image_shape": [3, 0, 32]}, "image_shape"),
+        ({"image_shape": "96"}, "image_shape"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"classes": [1, 2]}, "classes"),
+        ({"format_version": 99}, "format_version"),
+        ({"hyperparameters": []}, "hyperparameters"),
+    ],
+)
+def test_bad_model_metadata_is_refused_at_load_naming_the_file(tmp_path: Path, change,
+                                                               named) -> None:
+    meta = {**_meta().to_dict(), **change}
+    path = _with_meta(tmp_path / "bad.tar.gz", json.dumps(meta))
+    with pytest.raises(ModelError) as caught:
+        load_model_archive(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: model.json: ") and named in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["[1, 2, 3]", '"model"', "null", "{", '{"num_layers": 20}'])
+def test_model_json_that_is_not_a_metadata_object_is_refused(tmp_path: Path, text) -> None:
+    path = _with_meta(tmp_path / "bad.tar.gz", text)
+    with pytest.raises(ModelError, match=r"bad\.tar\.gz: model\.json"):
+        load_model_archive(path)
+
+
 def test_preprocess_rejects_wrong_arrays(tmp_path: Path) -> None:
     loaded = load_model_archive(
         save_model_archive(tmp_path / "m.tar.gz", build_model(20, 2), _meta())

@@ -53,3 +53,77 @@ def npy(array: np.ndarray) -> bytes:
 def decoded(data: bytes) -> np.ndarray:
     """What a JPEG/PNG decodes to, as the server sees it (RGB uint8)."""
     return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def refused(reply, status: int, error_type: str) -> str:
+    """Check an answer in the runtime API's error format; returns its message."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["x-amzn-errortype"] == error_type
+    message = reply.json()["message"]
+    assert isinstance(message, str) and message
+    return message
+
+
+class GatedModel:
+    """A real model whose forward passes wait for ``gate``; records each pass's images.
+
+    ``passes`` holds, per forward pass, the first pixel value of each image in it, so a test
+    can tell requests apart by the colour of their images.
+    """
+
+    def __init__(self, model) -> None:
+        import threading
+
+        self.model = model
+        self.meta = model.meta
+        self.gate = threading.Event()
+        self.passes: list[list[int]] = []
+
+    def preprocess(self, images):
+        self.passes.append([int(image[0, 0, 0]) for image in images])
+        return self.model.preprocess(images)
+
+    def predict_proba(self, batch):
+        assert self.gate.wait(60), "the test never opened the gate"
+        return self.model.predict_proba(batch)
+
+
+def flat(value: int, size: int = 96) -> np.ndarray:
+    """An image of one colour (value, value, value), uint8 (size, size, 3)."""
+    return np.full((size, size, 3), value, np.uint8)
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` until true; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def raw_exchange(url: str, data: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``data`` on a fresh TCP connection and read until the server closes it."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_raw(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers (lower-case names) and body of a raw HTTP/1.1 answer."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body

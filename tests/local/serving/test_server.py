@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -98,6 +99,39 @@ def test_the_batch_form_answers_a_list_of_lists(model, client) -> None:
     np.testing.assert_allclose(one.json(), answer[:1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("JPEG", "image/png"), ("PNG", "image/jpeg"), ("PNG", "application/x-image")],
+    ids=["jpeg-as-png", "png-as-jpeg", "png-as-x-image"],
+)
+def test_jpeg_and_png_are_taken_under_any_of_the_image_types(model, client, fmt,
+                                                              content_type) -> None:
+    """The algorithm supports .jpg and .png "as image/png, image/jpeg, and application/x-image
+    content-type" (AWS, "Image Classification - MXNet", Inference)."""
+    body = encode(patch(3), fmt)
+    reply = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(reply.json(), expected(model, [decoded(body)])[0], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_accept_jsonlines_answers_one_prediction_record_per_image(model, client) -> None:
+    body = encode(patch(4))
+    one = client.post("/invocations", content=body,
+                      headers={**JPEG, "Accept": "application/jsonlines"})
+    assert one.status_code == 200, one.text
+    assert one.headers["content-type"] == "application/jsonlines"
+    assert one.text.endswith("\n") and one.text.count("\n") == 1
+    record = json.loads(one.text)
+    np.testing.assert_allclose(record["prediction"], expected(model, [decoded(body)])[0],
+                               rtol=1e-5, atol=1e-6)
+    images = np.stack([patch(seed) for seed in range(3)])
+    batch = client.post("/invocations", content=npy(images),
+                        headers={**NPY, "Accept": "application/jsonlines"})
+    rows = [json.loads(line)["prediction"] for line in batch.text.splitlines()]
+    np.testing.assert_allclose(rows, expected(model, list(images)), rtol=1e-5, atol=1e-6)
+
+
 def test_an_accept_other_than_json_is_refused(client) -> None:
     reply = client.post(
         "/invocations",
@@ -158,7 +192,8 @@ def test_concurrent_requests_share_forward_passes(model) -> None:
             answers = [f.result() for f in futures]
         info = http.get("/info").json()["batches"]
     assert sum(sizes) == 16 and len(sizes) == 2  # two forward passes for 16 requests
-    assert info == {"count": 2, "images": 16, "largest": max(sizes), "mean": 8.0}
+    assert info == {"count": 2, "images": 16, "largest": max(sizes), "mean": 8.0,
+                    "abandoned": 0, "dropped": 0}
     want = expected(model, [decoded(b) for b in bodies])
     np.testing.assert_allclose(np.array(answers), want, rtol=1e-4, atol=1e-5)
 
@@ -206,6 +241,23 @@ def test_a_request_larger_than_a_batch_is_sliced() -> None:
     answer = asyncio.run(main())
     assert sizes == [4, 4, 2]
     assert answer[:, 0].tolist() == list(range(10))
+
+
+def test_a_large_request_slices_no_more_per_pass_than_a_small_one_takes() -> None:
+    sizes: list[int] = []
+
+    async def main():
+        batcher = _recording_batcher(sizes, max_batch_size=8, max_wait_ms=0)
+        try:
+            return await asyncio.gather(batcher.submit(_images(10)), batcher.submit(_images(1)),
+                                        batcher.submit(_images(1, 50)))
+        finally:
+            await batcher.aclose()
+
+    large, first, second = asyncio.run(main())
+    assert sizes == [3, 8, 1]  # one image each while they share; then the large one alone
+    assert large[:, 0].tolist() == list(range(10))
+    assert first[:, 0].tolist() == [0] and second[:, 0].tolist() == [50]
 
 
 def test_a_batch_waits_for_announced_requests_only() -> None:

@@ -260,3 +260,35 @@ def test_archives_without_a_model_are_refused(tmp_path) -> None:
         serve_model(empty, DeploySettings(port=0))
     with pytest.raises(ModelError, match="not found"):
         serve_model(tmp_path / "missing.tar.gz", DeploySettings(port=0))
+
+
+@pytest.mark.parametrize(
+    ("meta_change", "named"),
+    [(None, "expected a JSON object"), ({"std": [float("nan")] * 3}, "std"),
+     ({"resize": -5}, "resize")],
+    ids=["not-an-object", "std-nan", "negative-resize"],
+)
+def test_bad_model_metadata_stops_serve_with_one_line(tmp_path, meta_change, named) -> None:
+    """Such a model once loaded, and then every request failed with 424 (or an AttributeError)."""
+    import json
+    import tarfile
+
+    good = make_archive(tmp_path / "good.tar.gz")
+    bad = tmp_path / "model.tar.gz"
+    with tarfile.open(good) as src, tarfile.open(bad, "w:gz") as dst:
+        meta = json.loads(src.extractfile("model.json").read())
+        bad_meta = ["not", "an", "object"] if meta_change is None else {**meta, **meta_change}
+        text = json.dumps(bad_meta)
+        for name, data in (("model.safetensors", src.extractfile("model.safetensors").read()),
+                           ("model.json", text.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "pcamflow.cli", "serve", str(bad), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"pcamflow: error: {bad}: model.json: ") and named in lines[0]

@@ -57,6 +57,23 @@ def test_invoke_endpoint_with_jpeg_bytes_gets_probabilities(model, server) -> No
     np.testing.assert_allclose(answer, want, rtol=1e-5, atol=1e-6)
 
 
+def test_accept_jsonlines_gets_the_algorithms_prediction_record(model, server) -> None:
+    """AWS, "Image Classification - MXNet", Inference: ``accept: application/jsonlines``
+    answers ``{"prediction": [prob_0, prob_1, ...]}``."""
+    png = encode(patch(8), "PNG")
+    reply = stock_client(server.url).invoke_endpoint(
+        EndpointName="pcam-endpoint", ContentType="image/jpeg",  # a PNG, labelled as a JPEG
+        Accept="application/jsonlines", Body=png,
+    )
+    assert reply["ContentType"] == "application/jsonlines"
+    lines = reply["Body"].read().decode().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert list(record) == ["prediction"]
+    want = model.predict_images(decoded(png)[None])[0]
+    np.testing.assert_allclose(record["prediction"], want, rtol=1e-5, atol=1e-6)
+
+
 def test_an_undecodable_image_is_a_validation_error(server) -> None:
     with pytest.raises(ClientError) as caught:
         stock_client(server.url).invoke_endpoint(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -80,17 +81,49 @@ class ModelMeta:
     format_version: int = FORMAT_VERSION
 
     def __attrs_post_init__(self) -> None:
-        channels = self.image_shape[0]
-        if len(self.image_shape) != 3:
-            raise ModelError(f"image_shape: {self.image_shape!r} is not (channels, height, width)")
+        # a model that loads must also predict: every request to a server with a bad value
+        # here would fail (424), so a bad value is refused when the model is loaded
+        for name in ("num_layers", "num_classes", "format_version"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ModelError(f"{name}: {value!r} is not a positive integer")
+        if self.format_version > FORMAT_VERSION:
+            raise ModelError(
+                f"format_version: {self.format_version} is newer than this pcamflow reads "
+                f"({FORMAT_VERSION}); upgrade pcamflow"
+            )
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise ModelError(f"architecture: {self.architecture!r} is not a name")
+        if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3) or min(
+            self.image_shape
+        ) < 1:
+            raise ModelError(
+                f"image_shape: {self.image_shape!r} is not (channels 1 or 3, height, width)"
+            )
+        channels, height, width = self.image_shape
+        if self.resize is not None and (
+            not isinstance(self.resize, int) or isinstance(self.resize, bool)
+            or self.resize < max(height, width)
+        ):
+            raise ModelError(
+                f"resize: {self.resize!r} must be null or an integer of at least the image "
+                f"height and width ({max(height, width)}); images are resized, then cropped"
+            )
         if len(self.mean) != channels or len(self.std) != channels:
             raise ModelError(f"mean/std: need {channels} values each (one per channel)")
-        if any(s <= 0 for s in self.std):
-            raise ModelError(f"std: {self.std!r} must be positive")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ModelError(f"mean: {self.mean!r} must be finite numbers")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ModelError(f"std: {self.std!r} must be finite positive numbers")
         if len(self.classes) != self.num_classes:
             raise ModelError(
                 f"classes: {len(self.classes)} names for num_classes={self.num_classes}"
             )
+        if not all(isinstance(name, str) for name in self.classes):
+            raise ModelError(f"classes: {list(self.classes)!r} must be strings")
+        for name in ("hyperparameters", "extensions"):
+            if not isinstance(getattr(self, name), dict):
+                raise ModelError(f"{name}: {getattr(self, name)!r} is not an object")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -101,9 +134,24 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelMeta:
-        """Rebuild from :meth:`to_dict`'s output (unknown keys are ignored)."""
+        """Rebuild from :meth:`to_dict`'s output (unknown keys are ignored).
+
+        Raises:
+            ModelError: ``data`` is not an object, lacks a required key, or holds a value of
+                the wrong type or out of range (the message names the key).
+        """
+        if not isinstance(data, Mapping):
+            raise ModelError(f"expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        missing = [
+            f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING and f.name not in data
+        ]
+        if missing:
+            raise ModelError(f"missing {', '.join(missing)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as error:  # a converter met a value of the wrong type
+            raise ModelError(f"a value has the wrong type ({error})") from None
 
 
 def _state_bytes(module: torch.nn.Module) -> bytes:
@@ -183,8 +231,12 @@ def load_model_archive(path: str | Path, device: str | torch.device = "cpu") -> 
     members = _read_members(path)
     try:
         meta = ModelMeta.from_dict(json.loads(members[META_NAME]))
-    except (ValueError, TypeError) as error:
-        raise ModelError(f"{path}: {META_NAME} is not valid model metadata ({error})") from None
+    except ValueError as error:  # not JSON at all
+        raise ModelError(f"{path}: {META_NAME} is not valid JSON ({error})") from None
+    except ModelError as error:
+        shown = " ".join(str(error).split())  # one line, whatever the value held
+        shown = shown if len(shown) <= 300 else shown[:297] + "..."
+        raise ModelError(f"{path}: {META_NAME}: {shown}") from None
     try:
         state = load_safetensors(members[WEIGHTS_NAME])
     except Exception as error:  # safetensors raises its own SafetensorError

@@ -11,13 +11,23 @@ Routes:
   ``x-Amzn-Invoked-Production-Variant``, ``X-Amzn-SageMaker-Custom-Attributes`` echoed back).
 - ``GET /``: a web page to try a patch in a browser; ``GET /info``: the model's description.
 
-A body is one image (``image/jpeg``, ``image/png``, ``application/x-image``), answered with a
-JSON list of class probabilities, or a batch (``application/x-npy``) answered with a list of
-lists. Errors come in the runtime API's format, an ``x-amzn-ErrorType`` header and a
-``{"message": ...}`` body: ``ValidationError`` (400) for a body that is empty, undecodable or
-of an unsupported type, ``ValidationError`` with status 413 for a body over the size limit,
-``ModelError`` (424) when inference fails, ``AccessDeniedException`` (401) for a missing or
-wrong API key.
+A body is one image (``image/jpeg``, ``image/png``, ``application/x-image``; JPEG or PNG under
+any of the three), answered with a JSON list of class probabilities, or with one JSON Lines
+record ``{"prediction": [...]}`` for ``Accept: application/jsonlines``; or a batch
+(``application/x-npy``) answered with a list of lists, or one record per image. Errors come in
+the runtime API's format, an ``x-amzn-ErrorType`` header and a ``{"message": ...}`` body:
+``ValidationError`` (400) for a body that is empty, undecodable, too large an image or too
+small, or of an unsupported type, and with status 413 for a body over the size limit or 408 for
+one too slow to arrive; ``ModelError`` (424) when inference fails; ``AccessDeniedException``
+(401) for a missing or wrong API key, and (403) for a request naming another host to a
+loopback server; ``ServiceUnavailable`` (503) when connections run out; ``InternalFailure``
+(500) for anything unexpected.
+
+Work is bounded per request: the body's size and the time it takes to arrive, the images in a
+batch and the pixels decoded in all. Bodies are decoded in a small pool of threads, never on
+the event loop, so ``/ping`` answers while a large image decodes; each image is cut down to
+what the model's preprocessing keeps of it as soon as it is decoded, so what waits for the
+model is small. A request whose client goes away is dropped before its next forward pass.
 
 The API key, when set, is accepted as an ``X-Api-Key`` header, ``Authorization: Bearer KEY``, or
 HTTP Basic authentication with the key as password (what a browser asks for on the web page).
@@ -26,37 +36,51 @@ Request bodies are never logged.
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pcamflow.config import DeploySettings
 from pcamflow.errors import ImageError, ModelError
+from pcamflow.local.model.preprocess import pil_to_tensor
 from pcamflow.local.serving.batching import MicroBatcher
-from pcamflow.local.serving.payloads import MAX_IMAGE_PIXELS, decode_body
+from pcamflow.local.serving.guards import ApiError, HostGuard, api_key_check, read_body
+from pcamflow.local.serving.payloads import answer_type, decode_body, encode_answer
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiError", "create_app", "make_predictor"]
+__all__ = [
+    "DECODE_THREADS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "ApiError",
+    "create_app",
+    "fit_to_model",
+    "make_predictor",
+]
 
 log = logging.getLogger("pcamflow.server")
 
-DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
-"""SageMaker real-time endpoints take at most 6 MB per request; so does this one."""
+_DEFAULTS = DeploySettings()
+
+DEFAULT_MAX_BODY_BYTES = _DEFAULTS.max_body_bytes
+"""SageMaker real-time endpoints take at most 6 MB per request; so does this one by default."""
+
+DECODE_THREADS = 2
+"""Threads decoding request bodies: enough to keep the model fed, few enough that decoding
+bounds its own memory (each holds at most one request's pixels)."""
 
 PRODUCTION_VARIANT = "AllTraffic"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-_INLINE_DECODE_BYTES = 64 * 1024  # larger bodies are decoded in a thread, off the event loop
 _STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 _PAGE_HEADERS = {
     # the page loads nothing from elsewhere: it works offline and cannot be made to leak
@@ -67,30 +91,6 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
-
-
-class ApiError(Exception):
-    """An error answered in the SageMaker runtime API's format.
-
-    Attributes:
-        status: the HTTP status.
-        error_type: the ``x-amzn-ErrorType`` header (botocore's error code).
-        message: the ``message`` of the JSON body.
-    """
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        """The JSON response for this error."""
-        return JSONResponse(
-            {"message": self.message},
-            status_code=self.status,
-            headers={"x-amzn-ErrorType": self.error_type, **(headers or {})},
-        )
 
 
 def make_predictor(model: Any) -> Callable[[list[np.ndarray]], np.ndarray]:
@@ -132,62 +132,42 @@ def make_predictor(model: Any) -> Callable[[list[np.ndarray]], np.ndarray]:
     return predict
 
 
-def _api_key_check(api_key: str | None) -> Callable[[Request], None]:
-    expected = api_key.encode() if api_key else None
+def fit_to_model(meta: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that cuts a decoded uint8 (H, W, 3) image down to what ``meta``'s
+    preprocessing keeps of it: the shorter side resized to ``meta.resize``, or else the
+    centre crop of the model's input size.
 
-    def check(request: Request) -> None:
-        if expected is None:
-            return
-        given = _given_key(request)
-        if given is None:
-            raise ApiError(
-                401,
-                "AccessDeniedException",
-                "this endpoint needs an API key: send it as the X-Api-Key header "
-                "(or Authorization: Bearer KEY)",
-            )
-        if not hmac.compare_digest(given.encode(), expected):
-            raise ApiError(401, "AccessDeniedException", "the API key is wrong")
+    The model's ``preprocess`` gives the same pixels for the result as for the whole image (it
+    resizes with the same function, and a crop of the crop is the crop), so this changes no
+    answer; it only frees a large image's memory at once, and moves its resizing off the
+    thread that runs the model.
+    """
+    channels, height, width = meta.image_shape
+    resize = meta.resize
 
-    return check
+    def fit(image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        if resize:
+            if channels != 3 or min(h, w) == resize:
+                return image  # grey models resize after the luma conversion: leave it to them
+            tensor = pil_to_tensor(Image.fromarray(np.ascontiguousarray(image)), 3, resize)
+            return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy())
+        if h < height or w < width:
+            return image
+        top, left = (h - height) // 2, (w - width) // 2
+        return np.ascontiguousarray(image[top : top + height, left : left + width])
 
-
-def _given_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key is not None:
-        return key
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        with contextlib.suppress(ValueError):
-            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
-    return None  # another scheme (botocore's SigV4 signature) carries no key
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = ApiError(
-        413,
-        "ValidationError",
-        f"the request body is over the {limit:,}-byte limit of this endpoint",
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large  # refused before reading a byte
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a chunked body without a length
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-_DEFAULTS = DeploySettings()
+    return fit
 
 
 def _static(name: str) -> bytes:
     return (resources.files("pcamflow.local.serving") / "static" / name).read_bytes()
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected (call it after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(
@@ -198,7 +178,9 @@ def create_app(
     max_batch_size: int = _DEFAULTS.max_batch_size,
     max_wait_ms: float = _DEFAULTS.max_wait_ms,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_image_pixels: int = _DEFAULTS.max_pixels,
+    max_images: int = _DEFAULTS.max_images,
+    read_timeout_s: float = _DEFAULTS.read_timeout_s,
 ) -> FastAPI:
     """The endpoint's FastAPI application.
 
@@ -209,16 +191,30 @@ def create_app(
         max_batch_size: the most images in one forward pass.
         max_wait_ms: how long a batch waits for requests already on their way.
         max_body_bytes: the largest request body accepted (413 beyond).
-        max_image_pixels: the largest image (width x height) decoded.
+        max_image_pixels: the most pixels decoded for one request (width x height, summed
+            over a batch's images).
+        max_images: the most images in one batch-form request.
+        read_timeout_s: seconds a request's body has to arrive (408 beyond).
     """
     batcher = MicroBatcher(
         make_predictor(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms
     )
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="pcamflow-decode")
+    _, height, width = model.meta.image_shape
+    fit = fit_to_model(model.meta)
+
+    def prepare(body: bytes, content_type: str | None) -> tuple[list[np.ndarray], bool]:
+        images, batch = decode_body(
+            body, content_type, max_pixels=max_image_pixels, max_images=max_images,
+            min_size=(height, width),
+        )
+        return [fit(image) for image in images], batch
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await batcher.aclose()
+        decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title=f"pcamflow endpoint {name}",
@@ -227,7 +223,9 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
+    app.add_middleware(HostGuard)
     app.state.batcher = batcher
+    app.state.decoder = decoder
     app.state.model = model
     app.state.endpoint_name = name
     page = _static("index.html")
@@ -245,37 +243,54 @@ def create_app(
         kind = "UnknownOperationException" if error.status_code in (404, 405) else "HttpError"
         return ApiError(error.status_code, kind, str(error.detail)).response()
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.error("unexpected error: %s: %s", type(error).__name__, error)
+        return ApiError(500, "InternalFailure", "the endpoint failed unexpectedly").response()
+
     @app.get("/ping")
     async def ping() -> Response:
         return Response(status_code=200)
 
-    router = APIRouter(dependencies=[Depends(_api_key_check(api_key))])
+    router = APIRouter(dependencies=[Depends(api_key_check(api_key))])
 
     async def invoke(request: Request) -> Response:
-        accept = request.headers.get("accept", "")
-        if accept and not any(
-            kind.split(";")[0].strip() in ("application/json", "*/*", "application/*")
-            for kind in accept.split(",")
-        ):
-            raise ApiError(400, "ValidationError", f"Accept {accept!r}: only application/json")
-        with batcher.expect() as ticket:
-            body = await _read_body(request, max_body_bytes)
-            content_type = request.headers.get("content-type")
-            try:
-                if len(body) <= _INLINE_DECODE_BYTES:
-                    images, batch = decode_body(body, content_type, max_pixels=max_image_pixels)
-                else:
-                    images, batch = await run_in_threadpool(
-                        decode_body, body, content_type, max_pixels=max_image_pixels
-                    )
-            except ImageError as error:
-                raise ApiError(400, "ValidationError", str(error)) from None
-            try:
-                probabilities = await batcher.submit(images, ticket)
-            except ModelError as error:
-                log.error("inference failed for a request: %s", error)
-                raise ApiError(424, "ModelError", str(error)) from None
-        answer = probabilities.tolist() if batch else probabilities[0].tolist()
+        try:
+            kind = answer_type(request.headers.get("accept"))
+        except ImageError as error:
+            raise ApiError(400, "ValidationError", str(error)) from None
+        try:
+            body = await read_body(request, max_body_bytes, read_timeout_s)
+        except ClientDisconnect:
+            return Response(status_code=204)  # nobody to answer
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            with batcher.expect() as ticket:
+                decoding = asyncio.get_running_loop().run_in_executor(
+                    decoder, prepare, body, request.headers.get("content-type")
+                )
+                del body  # the decoder's copy is the last: freed once it is done
+                try:
+                    images, batch = await decoding
+                except ImageError as error:
+                    raise ApiError(400, "ValidationError", str(error)) from None
+                if gone.done():
+                    return Response(status_code=204)
+                work = asyncio.ensure_future(batcher.submit(images, ticket))
+                del images
+                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client went away: the batcher drops what is left of it
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return Response(status_code=204)
+        try:
+            probabilities = work.result()
+        except ModelError as error:
+            log.error("inference failed for a request: %s", error)
+            raise ApiError(424, "ModelError", str(error)) from None
         headers = {
             "x-Amzn-Invoked-Production-Variant": PRODUCTION_VARIANT,
             "x-amzn-RequestId": uuid.uuid4().hex,
@@ -283,7 +298,9 @@ def create_app(
         custom = request.headers.get(CUSTOM_ATTRIBUTES)
         if custom is not None:
             headers[CUSTOM_ATTRIBUTES] = custom
-        return Response(json.dumps(answer), media_type="application/json", headers=headers)
+        return Response(
+            encode_answer(probabilities, kind, batch), media_type=kind, headers=headers
+        )
 
     @router.post("/invocations")
     async def invocations(request: Request) -> Response:
@@ -308,11 +325,15 @@ def create_app(
             "resize": meta.resize,
             "max_batch_size": max_batch_size,
             "max_body_bytes": max_body_bytes,
+            "max_images": max_images,
+            "max_pixels": max_image_pixels,
             "batches": {
                 "count": stats.batches,
                 "images": stats.images,
                 "largest": stats.largest,
                 "mean": round(stats.mean_batch, 3),
+                "abandoned": stats.abandoned,
+                "dropped": stats.dropped,
             },
         }
 

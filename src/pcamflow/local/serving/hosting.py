@@ -2,7 +2,9 @@
 
 The socket is bound before uvicorn starts, so port 0 (any free port) works and the caller
 learns the URL at once: :func:`run_server` can write it to a file for a parent process, and
-:class:`ServerThread` has it as ``.url``.
+:class:`ServerThread` has it as ``.url``. Both serve with the connection limits of
+:mod:`pcamflow.local.serving.connections` (``max_connections``, ``read_timeout_s``; by
+default those of ``[deploy]``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pcamflow.config import DeploySettings
 from pcamflow.errors import EndpointError
 
 if TYPE_CHECKING:
-    from pcamflow.config import DeploySettings
+    import uvicorn
 
 __all__ = ["ServerThread", "bind_socket", "run_server", "serve_model", "socket_url"]
 
@@ -27,7 +30,8 @@ log = logging.getLogger("pcamflow.server")
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (port 0: a free one), IPv4 or IPv6."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -46,15 +50,25 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _uvicorn_config(app: Any, log_level: str, access_log: bool) -> Any:
+_DEFAULTS = DeploySettings()
+
+
+def _uvicorn_config(
+    app: Any, log_level: str, access_log: bool, max_connections: int, read_timeout_s: float
+) -> uvicorn.Config:
     import uvicorn
+
+    from pcamflow.local.serving.connections import guarded_protocol
 
     return uvicorn.Config(
         app,
+        http=guarded_protocol(max_connections, read_timeout_s),
+        ws="none",
         log_level=log_level,
         access_log=access_log,  # request lines only: uvicorn never logs bodies
         server_header=False,
-        limit_concurrency=256,  # beyond this, 503 rather than unbounded memory
+        # the protocol caps connections itself, and keeps /ping answering when they run out
+        limit_concurrency=None,
         timeout_graceful_shutdown=10,
     )
 
@@ -70,16 +84,26 @@ class ServerThread:
         host: the address to bind (127.0.0.1 unless told otherwise).
         port: the port (0: a free one).
         log_level: uvicorn's log level.
+        max_connections: connections open at once (see ``connections``).
+        read_timeout_s: seconds a client has to send a request's head.
     """
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        *,
+        max_connections: int = _DEFAULTS.max_connections,
+        read_timeout_s: float = _DEFAULTS.read_timeout_s,
     ) -> None:
         import uvicorn
 
         self._sock = bind_socket(host, port)
         self.url = socket_url(self._sock)
-        self._server = uvicorn.Server(_uvicorn_config(app, log_level, access_log=False))
+        config = _uvicorn_config(app, log_level, False, max_connections, read_timeout_s)
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
@@ -114,6 +138,8 @@ def run_server(
     *,
     url_file: str | Path | None = None,
     log_level: str = "info",
+    max_connections: int = _DEFAULTS.max_connections,
+    read_timeout_s: float = _DEFAULTS.read_timeout_s,
 ) -> None:
     """Serve ``app`` on ``sock`` in this thread until interrupted (SIGINT or SIGTERM).
 
@@ -123,6 +149,8 @@ def run_server(
         url_file: where to write the base URL once the app is about to serve (what a parent
             process waits for when it asked for port 0).
         log_level: uvicorn's log level.
+        max_connections: connections open at once (see ``connections``).
+        read_timeout_s: seconds a client has to send a request's head.
     """
     import uvicorn
 
@@ -134,7 +162,8 @@ def run_server(
             handle.write(url + "\n")
     log.info("serving on %s", url)
     try:
-        uvicorn.Server(_uvicorn_config(app, log_level, access_log=True)).run(sockets=[sock])
+        config = _uvicorn_config(app, log_level, True, max_connections, read_timeout_s)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -151,7 +180,8 @@ def serve_model(
 
     Args:
         archive: the ``model.tar.gz``.
-        options: the server's name, address and batching (``[deploy]``; None: its defaults).
+        options: the server's name, address, batching and limits (``[deploy]``; None: its
+            defaults).
             ``options.threads`` sets torch's intra-op threads for the forward pass; on a
             machine shared with other work, fewer threads avoid oversubscription.
         api_key: the key every route but ``/ping`` requires (None: none).
@@ -163,8 +193,6 @@ def serve_model(
             listens).
         EndpointError: the address cannot be bound.
     """
-    from pcamflow.config import DeploySettings
-
     options = options or DeploySettings()
     # bind first: a taken port or a wrong address fails at once, before the slow imports
     sock = bind_socket(options.host, options.port)
@@ -187,7 +215,14 @@ def serve_model(
             api_key=api_key,
             max_batch_size=options.max_batch_size,
             max_wait_ms=options.max_wait_ms,
+            max_body_bytes=options.max_body_bytes,
+            max_image_pixels=options.max_pixels,
+            max_images=options.max_images,
+            read_timeout_s=options.read_timeout_s,
         )
-        run_server(app, sock, url_file=url_file, log_level=log_level)
+        run_server(
+            app, sock, url_file=url_file, log_level=log_level,
+            max_connections=options.max_connections, read_timeout_s=options.read_timeout_s,
+        )
     finally:
         sock.close()
