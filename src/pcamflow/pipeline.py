@@ -23,7 +23,14 @@ from typing import Any
 
 import attrs
 
-from pcamflow._io import StageRecord, read_run_record, utc_now, write_run_record
+from pcamflow._io import (
+    StageRecord,
+    new_run_id,
+    read_run_record,
+    run_id,
+    utc_now,
+    write_run_record,
+)
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
     MissingInputError,
@@ -165,6 +172,8 @@ class Pipeline:
         run_dir = Path(settings.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         records = read_run_record(run_dir)
+        # recorded with the first stage record this run writes, and kept from then on
+        rid = run_id(run_dir) or new_run_id()
         services = dict(services or {})
         # whether a recorded artifact is still there, asked by each location's URI scheme
         is_there = by_scheme(services.get("probes"))
@@ -181,6 +190,7 @@ class Pipeline:
                 services=services,
                 stage_name=name,
                 upstream=dict(fingerprints),
+                run_id=rid,
             )
             fingerprints[name] = stage.fingerprint(probe)
 
@@ -194,6 +204,7 @@ class Pipeline:
                 services=services,
                 stage_name=name,
                 upstream={n: fingerprints[n] for n in before},
+                run_id=rid,
             )
 
         def recorded(name: str, check_fingerprint: bool = True) -> Artifact | None:
@@ -236,7 +247,7 @@ class Pipeline:
         for name in todo:
             context = context_for(name, artifacts)
             artifacts[name] = self._run_stage(
-                name, self[name], context, fingerprints[name], records, run_dir
+                name, self[name], context, fingerprints[name], records, run_dir, rid
             )
         return RunResult(run_dir=run_dir, records=dict(records), ran=tuple(todo))
 
@@ -248,6 +259,7 @@ class Pipeline:
         fingerprint: str,
         records: dict[str, StageRecord],
         run_dir: Path,
+        rid: str,
     ) -> Artifact:
         context.stage_dir.mkdir(parents=True, exist_ok=True)
         started, clock = utc_now(), time.monotonic()
@@ -255,7 +267,7 @@ class Pipeline:
         records[name] = StageRecord(
             name=name, stage=stage_label, status="running", fingerprint=fingerprint, started=started
         )
-        write_run_record(run_dir, records, self.names)
+        write_run_record(run_dir, records, self.names, run_id=rid)
         log.info("[%s] running %s", name, type(stage).__name__)
 
         def finish(status: str, artifact: Artifact | None = None, error: str | None = None) -> None:
@@ -270,7 +282,7 @@ class Pipeline:
                 artifact=artifact.to_dict() if artifact is not None else None,
                 error=error,
             )
-            write_run_record(run_dir, records, self.names)
+            write_run_record(run_dir, records, self.names, run_id=rid)
 
         try:
             artifact = stage.run(context)

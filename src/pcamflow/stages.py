@@ -65,6 +65,8 @@ class Context:
         stage_name: the name this stage has in the pipeline.
         upstream: stage name -> fingerprint, for the stages before this one; a stage's
             fingerprint includes them, so a re-run upstream re-runs everything after it.
+        run_id: the run's id (kept in ``run.json``; empty outside a pipeline run), which tells
+            apart runs whose folders share a name.
     """
 
     settings: Settings
@@ -74,6 +76,7 @@ class Context:
     services: Mapping[str, Any] = attrs.field(factory=dict)
     stage_name: str = ""
     upstream: Mapping[str, str] = attrs.field(factory=dict)
+    run_id: str = ""
 
     def input(self, kind: type[_A]) -> _A:
         """The latest earlier artifact of type ``kind``.

@@ -72,6 +72,7 @@ def settings_for(tmp_path: Path, **tables: Any) -> Any:
 
 def context_for(settings: Any, clients: Any, stage: str, artifacts: dict[str, Any]) -> Any:
     """A stage's context, as the pipeline makes it, with the AWS clients passed in."""
+    from pcamflow._io import run_id
     from pcamflow.stages import Context
 
     stage_dir = settings.run_dir / stage
@@ -79,7 +80,16 @@ def context_for(settings: Any, clients: Any, stage: str, artifacts: dict[str, An
     return Context(
         settings=settings, run_dir=settings.run_dir, stage_dir=stage_dir,
         artifacts=artifacts, services={"aws": clients}, stage_name=stage,
+        run_id=str(run_id(settings.run_dir, create=True)),
     )
+
+
+def run_key(settings: Any) -> str:
+    """The key prefix of a run's objects: ``<aws.prefix>/<run folder>-<run id>``."""
+    from pcamflow._io import run_id
+
+    rid = run_id(settings.run_dir, create=True)
+    return f"{settings.aws.prefix}/{settings.run_dir.name}-{rid}"
 
 
 def s3_manifests(clients: Any, count: int = 6) -> Any:

@@ -16,9 +16,11 @@ from pcamflow.sagemaker.evaluator import SageMakerEvaluator, transform_input_man
 MODEL = f"s3://{BUCKET}/pcamflow/run/train/output/job/output/model.tar.gz"
 
 
-def _predictions(clients: Any, scores: list[float]) -> None:
+def _predictions(clients: Any, scores: list[float], settings: Any) -> None:
     """Write what the batch transform writes: ``<output>/<relative key>.out`` per image."""
-    output = "pcamflow/run/evaluate/transform-output"
+    from sm_helpers import run_key
+
+    output = f"{run_key(settings)}/evaluate/transform-output"
     for i, score in enumerate(scores):
         key = f"{output}/{i % 2}/test_{i:06d}.jpg.out"
         clients.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps([1 - score, score]))
@@ -31,7 +33,7 @@ def test_batch_transform_request_and_report(aws: Any, tmp_path: Path) -> None:
     manifests = s3_manifests(aws, count=8)
     scores = [0.9 if i % 2 else 0.2 for i in range(8)]
     scores[3] = 0.3  # one false negative
-    _predictions(aws, scores)
+    _predictions(aws, scores, settings)
     model = ModelArtifact(uri=MODEL, job_name="job")
     context = context_for(settings, aws, "evaluate", {"manifests": manifests, "train": model})
     evaluator = SageMakerEvaluator(progress=False)

@@ -60,7 +60,10 @@ def test_training_job_request_has_the_channels_hyperparameters_image_tags_kms_an
     assert job["HyperParameters"]["num_training_samples"] == "6"
     assert job["HyperParameters"]["learning_rate"] == "0.05"
     assert job["OutputDataConfig"]["KmsKeyId"] == "alias/pcam"
-    assert job["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{BUCKET}/pcamflow/run/train")
+    from sm_helpers import run_key
+
+    assert job["OutputDataConfig"]["S3OutputPath"].startswith(
+        f"s3://{BUCKET}/{run_key(settings)}/train")
     assert job["ResourceConfig"]["VolumeKmsKeyId"] == "alias/pcam"
     assert job["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 7200
@@ -167,14 +170,13 @@ def _request_of(trainer: SageMakerTrainer, context: Any) -> dict[str, Any]:
     from pcamflow.artifacts import Manifests
     from pcamflow.sagemaker.clients import resolve
     from pcamflow.sagemaker.requests import job_name, training_job_request
-    from pcamflow.sagemaker.s3 import run_prefix
+    from pcamflow.sagemaker.s3 import run_root
     from pcamflow.sagemaker.trainer import training_hyperparameters
 
     settings = context.settings
     manifests = context.input(Manifests)
     resolved = resolve(context.service("aws"), settings.aws)
-    base = run_prefix(resolved.bucket, settings.aws.prefix, settings.run_dir)
-    output = base.join("train", "output")
+    output = run_root(context, resolved.bucket).join("train", "output")
     return training_job_request(
         job_name(settings.aws.prefix, "train"),
         training_hyperparameters(settings.train.hyperparameters, manifests),

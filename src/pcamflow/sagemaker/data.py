@@ -46,13 +46,13 @@ class S3Converter(DataConverter):
 
     def run(self, context: Context) -> ImageDataset:
         from pcamflow.sagemaker.clients import clients_for
-        from pcamflow.sagemaker.s3 import run_prefix, upload_tree
+        from pcamflow.sagemaker.s3 import run_root, upload_tree
 
         settings = context.settings
         local = self._local().run(context)
         clients = clients_for(context)
         bucket = clients.bucket(settings.aws)
-        target = run_prefix(bucket, settings.aws.prefix, settings.run_dir).join("images")
+        target = run_root(context, bucket).join("images")
         root = local.local_root or local.root
         report = upload_tree(
             clients.s3, root, target, kms_key_id=settings.aws.kms_key_id,
@@ -114,7 +114,7 @@ class S3ManifestBuilder(ManifestBuilder):
     def run(self, context: Context) -> Manifests:
         from pcamflow.data.manifests import build_manifests
         from pcamflow.sagemaker.clients import clients_for
-        from pcamflow.sagemaker.s3 import S3Uri, run_prefix, upload_file
+        from pcamflow.sagemaker.s3 import S3Uri, run_root, upload_file
 
         self.validate(context)
         settings = context.settings
@@ -128,7 +128,7 @@ class S3ManifestBuilder(ManifestBuilder):
         )
         clients = clients_for(context)
         bucket = S3Uri.parse(dataset.root).bucket
-        target = run_prefix(bucket, settings.aws.prefix, settings.run_dir).join(
+        target = run_root(context, bucket).join(
             context.stage_name or "manifests"
         )
         manifests, lsts, counts = {}, {}, {}

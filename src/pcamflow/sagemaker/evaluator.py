@@ -117,7 +117,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         from pcamflow.sagemaker.clients import resolve
         from pcamflow.sagemaker.hosting import model_request, transform_job_request
         from pcamflow.sagemaker.requests import job_name
-        from pcamflow.sagemaker.s3 import run_prefix, upload_file
+        from pcamflow.sagemaker.s3 import run_root, upload_file
 
         settings = context.settings
         aws = settings.aws
@@ -127,7 +127,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
                 "(trainer = 'sagemaker')"
             )
         resolved = resolve(clients, aws)
-        base = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
+        base = run_root(context, resolved.bucket).join(
             context.stage_name or "evaluate"
         )
         prefix, keys = transform_input_manifest(refs)

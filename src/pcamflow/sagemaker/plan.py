@@ -119,7 +119,10 @@ def build_plan(settings: Any) -> Plan:
         bucket=aws.bucket or f"sagemaker-{region}-{ACCOUNT}",
         image_uri=rq.algorithm_image(region),
     )
-    base = run_prefix(resolved.bucket, aws.prefix, settings.run_dir)
+    from pcamflow._io import run_id
+
+    base = run_prefix(resolved.bucket, aws.prefix, settings.run_dir,
+                      run_id(settings.run_dir) or "<run id>")
     counts, measured = _counts(settings)
     notes = [] if measured else [
         "image counts are PCam's split sizes (no finished manifests stage in the run folder)"

@@ -72,7 +72,7 @@ class SageMakerTrainer(JobStageOptions, Trainer):
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
         from pcamflow.sagemaker.requests import job_name, training_job_request
-        from pcamflow.sagemaker.s3 import run_prefix
+        from pcamflow.sagemaker.s3 import run_root
 
         settings = context.settings
         aws = settings.aws
@@ -83,7 +83,7 @@ class SageMakerTrainer(JobStageOptions, Trainer):
         )
         clients = clients_for(context)
         resolved = resolve(clients, aws)
-        output = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
+        output = run_root(context, resolved.bucket).join(
             context.stage_name or "train", "output"
         )
         request = training_job_request(

@@ -47,7 +47,7 @@ class SageMakerTuner(JobStageOptions, Tuner):
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
         from pcamflow.sagemaker.requests import job_name, tuning_job_request
-        from pcamflow.sagemaker.s3 import run_prefix
+        from pcamflow.sagemaker.s3 import run_root
         from pcamflow.sagemaker.trainer import training_hyperparameters
 
         settings = context.settings
@@ -59,7 +59,7 @@ class SageMakerTuner(JobStageOptions, Tuner):
         static = training_hyperparameters(base, manifests)
         clients = clients_for(context)
         resolved = resolve(clients, aws)
-        output = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
+        output = run_root(context, resolved.bucket).join(
             context.stage_name or "tune", "output"
         )
         request = tuning_job_request(
