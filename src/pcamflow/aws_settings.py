@@ -105,10 +105,11 @@ class AwsEvaluationSettings:
     """``[aws.evaluation]``: how the SageMaker evaluator scores the model.
 
     Attributes:
-        transform_instance_type: the batch transform's instance type.
-        transform_instance_count: the batch transform's instances.
-        evaluate_via: ``transform`` (a batch transform job) or ``endpoint`` (invoke the
-            endpoint named ``deploy.name``, which must be InService).
+        transform_instance_type: the instance type the model is scored on (the batch
+            transform's, or the temporary endpoint's).
+        transform_instance_count: instances of the batch transform or temporary endpoint.
+        evaluate_via: ``transform`` (a batch transform job) or ``endpoint`` (a temporary
+            endpoint of the trained model, deleted after the evaluation).
     """
 
     transform_instance_type: str = "ml.m5.xlarge"

@@ -60,6 +60,14 @@ def fake_answer(session: Any, operation: str, answer: Callable[[dict[str, Any]],
     session.events.register(f"before-call.sagemaker.{operation}", handler)
 
 
+def kms_alias(clients: Any, alias: str = "alias/pcam") -> str:
+    """A KMS key with ``alias`` in moto; returns the key's ARN."""
+    kms = clients.client("kms")
+    key = kms.create_key(Description="pcamflow tests")["KeyMetadata"]
+    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+    return str(key["Arn"])
+
+
 def settings_for(tmp_path: Path, **tables: Any) -> Any:
     """Settings of a SageMaker run in ``tmp_path``, quick polling, the test bucket and role."""
     from pcamflow.config import Settings

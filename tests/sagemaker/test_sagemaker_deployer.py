@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import BUCKET, ROLE, context_for, patch_answer, settings_for
+from sm_helpers import BUCKET, ROLE, context_for, kms_alias, patch_answer, settings_for
 
 from pcamflow.artifacts import Endpoint, ModelArtifact
 from pcamflow.errors import AwsError, ConfigError, JobFailedError
@@ -16,9 +16,9 @@ MODEL = f"s3://{BUCKET}/pcamflow/run/train/output/job/output/model.tar.gz"
 
 
 def _deploy(aws: Any, tmp_path: Path, kms_key_id: str | None = None,
-            **endpoint: Any) -> tuple[Endpoint, Any]:
+            instance_type: str = "ml.c5.large", **endpoint: Any) -> tuple[Endpoint, Any]:
     settings = settings_for(
-        tmp_path, deploy={"name": "pcam-detector", "instance_type": "ml.c5.large",
+        tmp_path, deploy={"name": "pcam-detector", "instance_type": instance_type,
                           "initial_instance_count": 1},
         aws={"tags": {"project": "pcam"}, "endpoint": endpoint,
              **({"kms_key_id": kms_key_id} if kms_key_id else {})},
@@ -30,6 +30,7 @@ def _deploy(aws: Any, tmp_path: Path, kms_key_id: str | None = None,
 
 
 def test_endpoint_create_wait_and_teardown(aws: Any, tmp_path: Path) -> None:
+    key_arn = kms_alias(aws)
     endpoint, _ = _deploy(
         aws, tmp_path, kms_key_id="alias/pcam",
         data_capture_s3_uri=f"s3://{BUCKET}/capture", data_capture_percent=20,
@@ -43,7 +44,7 @@ def test_endpoint_create_wait_and_teardown(aws: Any, tmp_path: Path) -> None:
     variant = config["ProductionVariants"][0]
     assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == (
         endpoint.resources["model"], "ml.c5.large", 1)
-    assert config["KmsKeyId"] == "alias/pcam"
+    assert config["KmsKeyId"] == key_arn
     capture = config["DataCaptureConfig"]
     assert capture["DestinationS3Uri"] == f"s3://{BUCKET}/capture"
     assert capture["InitialSamplingPercentage"] == 20
@@ -66,6 +67,34 @@ def test_endpoint_create_wait_and_teardown(aws: Any, tmp_path: Path) -> None:
     assert sm.list_models()["Models"] == []
     # a second teardown finds everything gone and says so without failing
     assert teardown_endpoint(endpoint, aws, wait=False) == []
+
+
+def test_no_volume_key_on_an_instance_with_local_storage(aws: Any, tmp_path: Path) -> None:
+    kms_alias(aws)
+    endpoint, _ = _deploy(aws, tmp_path, kms_key_id="alias/pcam", instance_type="ml.c5d.large")
+    config = aws.sagemaker.describe_endpoint_config(
+        EndpointConfigName=endpoint.resources["endpoint_config"])
+    assert "KmsKeyId" not in config  # CreateEndpointConfig fails with it on such a type
+
+
+def test_a_deploy_failing_after_the_scalable_target_removes_it_too(
+    aws: Any, tmp_path: Path
+) -> None:
+    from botocore.exceptions import ClientError
+
+    def refuse(**kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "AccessDeniedException",
+                                     "Message": "not allowed to put scaling policies"}},
+                          "PutScalingPolicy")
+
+    scaling = aws.client("application-autoscaling")
+    scaling.meta.events.register("before-call.application-autoscaling.PutScalingPolicy", refuse)
+    with pytest.raises(AwsError, match="PutScalingPolicy failed"):
+        _deploy(aws, tmp_path, autoscaling_max_instances=2)
+    targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert targets == []
+    assert aws.sagemaker.list_endpoints()["Endpoints"] == []
+    assert aws.sagemaker.list_models()["Models"] == []
 
 
 def test_a_failed_endpoint_raises_and_leaves_nothing_billing(aws: Any, tmp_path: Path) -> None:

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import BUCKET, ROLE, context_for, patch_answer, s3_manifests, settings_for
+from sm_helpers import (
+    BUCKET,
+    ROLE,
+    context_for,
+    kms_alias,
+    patch_answer,
+    s3_manifests,
+    settings_for,
+)
 
 from pcamflow.artifacts import Evaluation, ModelArtifact
 from pcamflow.errors import AwsError, JobFailedError
@@ -17,16 +25,20 @@ MODEL = f"s3://{BUCKET}/pcamflow/run/train/output/job/output/model.tar.gz"
 
 
 def _predictions(clients: Any, scores: list[float], settings: Any) -> None:
-    """Write what the batch transform writes: ``<output>/<relative key>.out`` per image."""
+    """The batch transform's answers, ``<output>/<relative key>.out`` per image, each the
+    documented JSON Lines record ``{"prediction": [p0, p1]}`` ("Image Classification - MXNet",
+    Inference with the Image Classification Algorithm)."""
     from sm_helpers import run_key
 
     output = f"{run_key(settings)}/evaluate/transform-output"
     for i, score in enumerate(scores):
         key = f"{output}/{i % 2}/test_{i:06d}.jpg.out"
-        clients.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps([1 - score, score]))
+        body = json.dumps({"prediction": [1 - score, score]}) + "\n"
+        clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
 
 
 def test_batch_transform_request_and_report(aws: Any, tmp_path: Path) -> None:
+    key_arn = kms_alias(aws)
     settings = settings_for(tmp_path, evaluate={"bootstrap": 20},
                             aws={"kms_key_id": "alias/pcam", "tags": {"project": "pcam"},
                                  "evaluation": {"transform_instance_type": "ml.c5.xlarge"}})
@@ -52,7 +64,9 @@ def test_batch_transform_request_and_report(aws: Any, tmp_path: Path) -> None:
     source = job["TransformInput"]["DataSource"]["S3DataSource"]
     assert source["S3DataType"] == "ManifestFile"
     assert job["TransformInput"]["ContentType"] == "application/x-image"
-    assert job["TransformOutput"]["KmsKeyId"] == "alias/pcam"
+    assert job["TransformOutput"]["KmsKeyId"] == key_arn
+    assert job["TransformOutput"]["Accept"] == "application/jsonlines"
+    assert job["TransformResources"]["VolumeKmsKeyId"] == key_arn
     assert job["TransformResources"]["InstanceType"] == "ml.c5.xlarge"
     listing = aws.s3.get_object(Bucket=BUCKET, Key=source["S3Uri"].split("/", 3)[3])
     prefix, *keys = json.loads(listing["Body"].read())
@@ -90,8 +104,10 @@ def test_transform_input_manifest_finds_the_common_prefix() -> None:
         "s3://b/img/test/", ["0/a.jpg", "1/b.jpg", "0/c.jpg"])
 
 
-def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path: Path) -> None:
-    """``evaluate_via = "endpoint"`` with a stock runtime client, against the local endpoint."""
+def test_evaluation_via_an_endpoint_scores_the_given_model_on_a_temporary_endpoint(
+    aws: Any, tmp_path: Path
+) -> None:
+    """``evaluate_via = "endpoint"``: a temporary endpoint of the model, deleted afterwards."""
     pytest.importorskip("torch")
     pytest.importorskip("fastapi")
     import io
@@ -122,11 +138,23 @@ def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path:
                           Body=buffer.getvalue())
     settings = settings_for(tmp_path, evaluate={"bootstrap": 10}, deploy={"name": "pcam-live"},
                             aws={"evaluation": {"evaluate_via": "endpoint"}})
-    with ServerThread(create_app(loaded, name="pcam-live")) as server:
-        clients = AwsClients(aws.session, endpoint_urls={"sagemaker-runtime": server.url})
-        context = context_for(settings, clients, "evaluate",
-                              {"manifests": manifests, "train": ModelArtifact(uri=MODEL)})
+    clients = AwsClients(aws.session)
+    servers: list[ServerThread] = []
+
+    def serve(params: dict[str, Any], **kwargs: Any) -> None:
+        # the endpoint the evaluator makes serves the given model over the runtime API
+        name = json.loads(params["body"])["EndpointName"]
+        servers.append(ServerThread(create_app(loaded, name=name)).start())
+        clients.endpoint_urls["sagemaker-runtime"] = servers[-1].url
+
+    aws.session.events.register("before-call.sagemaker.CreateEndpoint", serve)
+    context = context_for(settings, clients, "evaluate",
+                          {"manifests": manifests, "train": ModelArtifact(uri=MODEL)})
+    try:
         evaluation = SageMakerEvaluator(progress=False).run(context)
+    finally:
+        for server in servers:
+            server.stop()
     import csv
 
     with open(Path(evaluation.report).parent / "predictions.csv", newline="") as handle:
@@ -134,5 +162,9 @@ def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path:
     expected = loaded.predict_images(np.stack(images))[:, 1]
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-4, atol=1e-5)
     assert [int(r["label"]) for r in rows] == [0, 1, 0, 1]
-    assert evaluation.metrics["accuracy"] is not None
-    assert aws.sagemaker.list_transform_jobs()["TransformJobSummaries"] == []
+    assert len(servers) == 1 and servers and "pcam-live" not in servers[0].url
+    sm = aws.sagemaker
+    assert sm.list_endpoints()["Endpoints"] == []  # the temporary endpoint is gone
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []
+    assert sm.list_transform_jobs()["TransformJobSummaries"] == []

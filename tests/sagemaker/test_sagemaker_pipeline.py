@@ -70,7 +70,7 @@ def test_the_whole_pipeline_runs_resumes_and_tears_down(
     settings = settings_for(
         tmp_path, pipeline=STAGES, data={"source": str(pcam_dir)}, convert={"workers": 1},
         manifests={"max_per_class": 4}, evaluate={"bootstrap": 20},
-        tune={"max_jobs": 2, "ranges": {"learning_rate": {
+        tune={"max_jobs": 2, "epochs": 1, "ranges": {"learning_rate": {
             "type": "continuous", "min_value": 0.01, "max_value": 0.1}}},
         train={"epochs": 2}, deploy={"name": "pcam-e2e"},
     )
@@ -82,6 +82,7 @@ def test_the_whole_pipeline_runs_resumes_and_tears_down(
     model = artifacts["train"]
     assert isinstance(model, ModelArtifact)
     assert model.hyperparameters["learning_rate"] == "0.03"  # the tuned value
+    assert model.hyperparameters["epochs"] == "2"  # [train]'s, not the tuning job's
     evaluation = artifacts["evaluate"]
     assert isinstance(evaluation, Evaluation)
     assert evaluation.metrics["accuracy"] == pytest.approx(1.0)

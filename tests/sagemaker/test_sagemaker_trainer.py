@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import BUCKET, REGION, ROLE, context_for, fake_answer, patch_answer, s3_manifests
+from sm_helpers import (
+    BUCKET,
+    REGION,
+    ROLE,
+    context_for,
+    fake_answer,
+    kms_alias,
+    patch_answer,
+    s3_manifests,
+)
 
 from pcamflow.artifacts import ModelArtifact, TuningResult
 from pcamflow.errors import ConfigError, JobFailedError
@@ -24,6 +33,7 @@ def test_training_job_request_has_the_channels_hyperparameters_image_tags_kms_an
 ) -> None:
     from sm_helpers import settings_for
 
+    key_arn = kms_alias(aws)
     settings = settings_for(
         tmp_path,
         train={"num_layers": 20, "epochs": 3, "learning_rate": 0.05, "mini_batch_size": 16},
@@ -59,12 +69,14 @@ def test_training_job_request_has_the_channels_hyperparameters_image_tags_kms_an
     assert job["HyperParameters"] == expected
     assert job["HyperParameters"]["num_training_samples"] == "6"
     assert job["HyperParameters"]["learning_rate"] == "0.05"
-    assert job["OutputDataConfig"]["KmsKeyId"] == "alias/pcam"
+    # the alias is resolved: VolumeKmsKeyId takes a key ID or ARN only
+    assert job["OutputDataConfig"]["KmsKeyId"] == key_arn
     from sm_helpers import run_key
 
     assert job["OutputDataConfig"]["S3OutputPath"].startswith(
         f"s3://{BUCKET}/{run_key(settings)}/train")
-    assert job["ResourceConfig"]["VolumeKmsKeyId"] == "alias/pcam"
+    # a g4dn has local NVMe storage, where AWS refuses a VolumeKmsKeyId
+    assert "VolumeKmsKeyId" not in job["ResourceConfig"]
     assert job["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 7200
     assert job["VpcConfig"] == {"SecurityGroupIds": ["sg-1"], "Subnets": ["subnet-1"]}
@@ -74,6 +86,58 @@ def test_training_job_request_has_the_channels_hyperparameters_image_tags_kms_an
     assert model.uri == f"{output}/{model.job_name}/output/model.tar.gz"
     assert model.hyperparameters == expected
     assert REGION in IMAGE
+
+
+def test_a_volume_key_is_sent_where_the_instance_has_no_local_storage(
+    aws: Any, tmp_path: Path
+) -> None:
+    from sm_helpers import settings_for
+
+    key_arn = kms_alias(aws)
+    settings = settings_for(tmp_path, aws={"kms_key_id": "alias/pcam",
+                                           "training": {"instance_type": "ml.p3.2xlarge"}})
+    context = context_for(settings, aws, "train", {"manifests": s3_manifests(aws)})
+    model = SageMakerTrainer(progress=False).run(context)
+    assert _describe(aws, model.job_name)["ResourceConfig"]["VolumeKmsKeyId"] == key_arn
+
+
+def test_an_alias_that_names_no_key_is_an_error_naming_the_setting(
+    aws: Any, tmp_path: Path
+) -> None:
+    from sm_helpers import settings_for
+
+    settings = settings_for(tmp_path, aws={"kms_key_id": "alias/missing"})
+    context = context_for(settings, aws, "train", {"manifests": s3_manifests(aws)})
+    with pytest.raises(ConfigError, match=r"aws\.kms_key_id: cannot find the key of 'alias/miss"):
+        SageMakerTrainer(progress=False).run(context)
+    assert aws.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+
+
+@pytest.mark.parametrize("instance_type", ["ml.m5.large", "ml.c5.xlarge", "ml.t3.medium"])
+def test_a_cpu_training_instance_is_refused_before_anything_is_sent(
+    aws: Any, tmp_path: Path, instance_type: str
+) -> None:
+    from sm_helpers import settings_for
+
+    settings = settings_for(tmp_path, aws={"training": {"instance_type": instance_type}})
+    context = context_for(settings, aws, "train", {"manifests": s3_manifests(aws)})
+    with pytest.raises(ConfigError, match=r"aws\.training\.instance_type: .*GPU"):
+        SageMakerTrainer(progress=False).validate(context)
+
+
+def test_a_small_image_depth_at_a_larger_size_is_a_warning(
+    aws: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sm_helpers import settings_for
+
+    settings = settings_for(tmp_path, train={"num_layers": 20, "image_shape": "3,48,48"})
+    context = context_for(settings, aws, "train", {"manifests": s3_manifests(aws)})
+    SageMakerTrainer(progress=False).validate(context)  # a warning, not an error
+    assert "small-image (CIFAR) depth" in caplog.text and "48 px" in caplog.text
+    caplog.clear()
+    fine = settings_for(tmp_path, train={"num_layers": 20, "image_shape": "3,28,28"})
+    SageMakerTrainer(progress=False).validate(context_for(fine, aws, "train", {}))
+    assert "CIFAR" not in caplog.text
 
 
 def test_tuning_result_overrides_the_hyperparameters(aws: Any, tmp_path: Path) -> None:

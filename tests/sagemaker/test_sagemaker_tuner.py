@@ -90,9 +90,9 @@ def test_tuning_job_request_and_result(aws: Any, tmp_path: Path, strategy: str) 
 
     assert isinstance(result, TuningResult)
     assert result.best_value == pytest.approx(0.91)
-    assert result.best_hyperparameters["learning_rate"] == "0.02"
-    assert result.best_hyperparameters["optimizer"] == "adam"
-    assert result.best_hyperparameters["epochs"] == "5"
+    # the tuned ranges' values, and nothing else: tune.epochs stays with the tuning job
+    assert result.best_hyperparameters == {
+        "learning_rate": "0.02", "optimizer": "adam", "mini_batch_size": "17"}
     with open(result.trials, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["training_job"] for r in rows] == ["trial-0", "trial-1", "trial-2"]
@@ -112,6 +112,14 @@ def test_grid_lists_integer_ranges_as_categories(aws: Any, tmp_path: Path) -> No
         {"Name": "optimizer", "Values": ["sgd", "adam"]},
     ]}
     assert "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]
+
+
+def test_a_cpu_training_instance_is_refused(aws: Any, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, tune={"ranges": RANGES},
+                            aws={"training": {"instance_type": "ml.m5.large"}})
+    context = context_for(settings, aws, "tune", {"manifests": s3_manifests(aws)})
+    with pytest.raises(ConfigError, match=r"aws\.training\.instance_type: 'ml\.m5\.large'"):
+        SageMakerTuner(progress=False).validate(context)
 
 
 def test_tuning_needs_ranges(aws: Any, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ class AwsClients:
         self.max_pool_connections = max_pool_connections
         self.endpoint_urls = dict(endpoint_urls or {})
         self._clients: dict[str, Any] = {}
+        self._kms: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, aws: AwsSettings, session: boto3.Session | None = None) -> AwsClients:
@@ -136,6 +137,31 @@ class AwsClients:
                 f"aws.bucket: not set, and SageMaker's default bucket cannot be used: {error}"
             ) from None
 
+    def kms_key_arn(self, aws: AwsSettings) -> str | None:
+        """``aws.kms_key_id`` as a key ARN or key ID; an alias is resolved through KMS.
+
+        ``ResourceConfig.VolumeKmsKeyId`` takes a key ID or key ARN only, so an alias
+        (``alias/name`` or its ARN) is looked up once (``DescribeKey``) and its key's ARN used
+        everywhere.
+
+        Raises:
+            ConfigError: the alias names no key.
+        """
+        key = aws.kms_key_id
+        if not key:
+            return None
+        if not (key.startswith("alias/") or ":alias/" in key):
+            return key
+        if key not in self._kms:
+            try:
+                answer = self.client("kms").describe_key(KeyId=key)
+            except Exception as error:  # botocore ClientError: NotFoundException, AccessDenied
+                raise ConfigError(
+                    f"aws.kms_key_id: cannot find the key of {key!r} ({error})"
+                ) from None
+            self._kms[key] = str(answer["KeyMetadata"]["Arn"])
+        return self._kms[key]
+
     def role_arn(self, aws: AwsSettings) -> str:
         """``aws.role_arn``, or the execution role of the SageMaker session this runs in."""
         if aws.role_arn:
@@ -184,6 +210,7 @@ def resolve(clients: AwsClients, aws: AwsSettings, *, create_bucket: bool = True
         role_arn=clients.role_arn(aws),
         bucket=clients.bucket(aws, create=create_bucket),
         image_uri=algorithm_image(clients.region),
+        kms_key_id=clients.kms_key_arn(aws),
     )
 
 

@@ -55,7 +55,7 @@ class S3Converter(DataConverter):
         target = run_root(context, bucket).join("images")
         root = local.local_root or local.root
         report = upload_tree(
-            clients.s3, root, target, kms_key_id=settings.aws.kms_key_id,
+            clients.s3, root, target, kms_key_id=clients.kms_key_arn(settings.aws),
             workers=settings.aws.upload_workers, progress=self.progress,
         )
         log.info("images in %s: %d sent, %d already there", target, report.uploaded,
@@ -131,13 +131,14 @@ class S3ManifestBuilder(ManifestBuilder):
         target = run_root(context, bucket).join(
             context.stage_name or "manifests"
         )
+        kms = clients.kms_key_arn(settings.aws)
         manifests, lsts, counts = {}, {}, {}
         for split, path in local.manifests.items():
             out = context.stage_dir / f"{split}.manifest"
             counts[split] = to_s3_manifest(Path(path), local_root, dataset.root, out)
             manifests[split] = str(upload_file(clients.s3, out, target.join(out.name),
-                                               kms_key_id=settings.aws.kms_key_id))
+                                               kms_key_id=kms))
         for split, path in local.lst.items():
             lsts[split] = str(upload_file(clients.s3, path, target.join(f"{split}.lst"),
-                                          kms_key_id=settings.aws.kms_key_id))
+                                          kms_key_id=kms))
         return Manifests(manifests=manifests, lst=lsts, counts=counts, image_root=dataset.root)

@@ -75,12 +75,13 @@ class SageMakerDeployer(JobStageOptions, Deployer):
             created["model"] = model_name
             jobs.create("endpoint_config", endpoint_config_request(
                 config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
+                resolved,
             ), clients)
             created["endpoint_config"] = config_name
             live = jobs.create("endpoint", endpoint_request(deploy.name, config_name, aws), clients)
             created["endpoint"] = deploy.name
             jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
-            scaling = _autoscale(clients, deploy, aws)
+            scaling = _autoscale(clients, deploy, aws, created)
         except KeyboardInterrupt:
             ask = self.ask or jobs.ask_on_terminal
             if ask(f"Endpoint {deploy.name} is being created (and billed). Delete it?"):
@@ -126,7 +127,9 @@ def _delete_created(clients: Any, created: dict[str, str]) -> None:
     teardown_endpoint(partial, clients, wait="endpoint" in created)
 
 
-def _autoscale(clients: Any, deploy: Any, aws: Any) -> str | None:
+def _autoscale(clients: Any, deploy: Any, aws: Any, created: dict[str, str]) -> str | None:
+    """Register the scalable target and its policy; the target goes into ``created`` at once,
+    so that a failure after it (the policy refused) deregisters it with the rest."""
     from pcamflow.sagemaker.hosting import scaling_requests, scaling_resource_id
 
     requests = scaling_requests(deploy.name, deploy.initial_instance_count, aws)
@@ -140,6 +143,8 @@ def _autoscale(clients: Any, deploy: Any, aws: Any) -> str | None:
             method(**params)
         except Exception as error:  # botocore ClientError
             raise AwsError(f"autoscaling {deploy.name}: {operation} failed: {error}") from None
+        if operation == "RegisterScalableTarget":
+            created["autoscaling"] = scaling_resource_id(deploy.name)
     return scaling_resource_id(deploy.name)
 
 

@@ -1,20 +1,22 @@
-"""The SageMaker evaluator: a batch transform over the test images, scored locally.
+"""The SageMaker evaluator: the trained model scores the test images on SageMaker.
 
-The trained ``model.tar.gz`` becomes a SageMaker model; a batch transform job sends it each
-image of the evaluated split (listed in an S3 manifest file, so exactly the manifest's images)
-and writes one JSON list of class probabilities per image, at ``<output>/<relative key>.out``.
-Those are read back and scored by :mod:`pcamflow.evaluation`, the code the local evaluator
-uses, into the same ``metrics.json`` and report. The model is deleted afterwards.
-
-With ``aws.evaluation.evaluate_via = "endpoint"`` the images are sent instead to the running
-endpoint ``deploy.name`` (the SageMaker runtime's ``InvokeEndpoint``), one request each.
+The trained ``model.tar.gz`` becomes a SageMaker model. By default a batch transform job sends
+it each image of the evaluated split (listed in an S3 manifest file, so exactly the
+manifest's images) with ``Accept: application/jsonlines``, and writes one answer object per
+image, ``{"prediction": [...]}``, as the algorithm documents for batch transform (see
+:mod:`pcamflow.sagemaker.predictions`). With ``aws.evaluation.evaluate_via = "endpoint"`` the
+model is put behind a temporary endpoint of its own instead, and each image is sent there
+(``InvokeEndpoint``), so the scores are always those of the model this stage was given, never
+of whatever serves under ``deploy.name``. Either way, what was made for the evaluation (model,
+endpoint config, endpoint) is deleted afterwards, and the scores go through
+:mod:`pcamflow.evaluation`, the code the local evaluator uses, into the same ``metrics.json``
+and report.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,46 +24,12 @@ from typing import Any
 from pcamflow.artifacts import Evaluation, ImageDataset, Manifests, ModelArtifact
 from pcamflow.errors import AwsError, ConfigError
 from pcamflow.sagemaker._stage import JobStageOptions
+from pcamflow.sagemaker.predictions import positive_score, transform_input_manifest
 from pcamflow.stages import Context, Evaluator
 
 __all__ = ["SageMakerEvaluator", "positive_score", "transform_input_manifest"]
 
 log = logging.getLogger(__name__)
-
-
-def positive_score(body: bytes | str, where: str) -> float:
-    """The class-1 probability in the algorithm's answer (a JSON list of probabilities)."""
-    try:
-        probabilities = json.loads(body)
-        return float(probabilities[1])
-    except (ValueError, TypeError, IndexError, KeyError):
-        shown = body[:80] if isinstance(body, str) else body[:80].decode(errors="replace")
-        raise AwsError(
-            f"{where}: expected a JSON list of two class probabilities, got {shown!r}"
-        ) from None
-
-
-def transform_input_manifest(refs: Sequence[str]) -> tuple[str, list[str]]:
-    """The S3 manifest file of a batch transform: the common prefix and relative keys.
-
-    Returns:
-        (prefix, relative keys), such that ``prefix + key`` is each ``s3://`` reference.
-    """
-    if not refs:
-        raise ConfigError("the evaluated manifest is empty")
-    if not all(r.startswith("s3://") for r in refs):
-        raise ConfigError(
-            "evaluator 'sagemaker' needs s3:// source-refs; set pipeline.manifest_builder = "
-            "'sagemaker'"
-        )
-    first = refs[0]
-    prefix = first[: first.rfind("/") + 1]
-    for ref in refs:
-        while not ref.startswith(prefix):
-            prefix = prefix[: prefix.rstrip("/").rfind("/") + 1]
-    if prefix.count("/") < 3:  # s3://bucket/ at least
-        raise ConfigError("the evaluated images are not all in one S3 bucket")
-    return prefix, [r[len(prefix):] for r in refs]
 
 
 class SageMakerEvaluator(JobStageOptions, Evaluator):
@@ -105,7 +73,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         refs = [ref for ref, _ in entries]
         labels = [label for _, label in entries]
         if settings.aws.evaluation.evaluate_via == "endpoint":
-            scores = self._via_endpoint(clients, settings.deploy.name, refs, settings.aws)
+            scores = self._via_endpoint(context, clients, model, refs)
         else:
             scores = self._via_transform(context, clients, model, refs)
         return _report(context, labels, scores, refs, model)
@@ -116,60 +84,106 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import resolve
         from pcamflow.sagemaker.hosting import model_request, transform_job_request
+        from pcamflow.sagemaker.predictions import locate_outputs, read_scores
         from pcamflow.sagemaker.requests import job_name
         from pcamflow.sagemaker.s3 import run_root, upload_file
 
-        settings = context.settings
-        aws = settings.aws
-        if not model.uri.startswith("s3://"):
-            raise ConfigError(
-                f"model {model.uri}: evaluator 'sagemaker' needs a model in S3 "
-                "(trainer = 'sagemaker')"
-            )
+        aws = context.settings.aws
+        _check_model(model)
         resolved = resolve(clients, aws)
-        base = run_root(context, resolved.bucket).join(
-            context.stage_name or "evaluate"
-        )
+        base = run_root(context, resolved.bucket).join(context.stage_name or "evaluate")
         prefix, keys = transform_input_manifest(refs)
         listing = context.stage_dir / "transform-input.manifest"
         listing.write_text(json.dumps([{"prefix": prefix}, *keys]), encoding="utf-8")
         input_uri = upload_file(clients.s3, listing, base.join("transform-input.manifest"),
-                                kms_key_id=aws.kms_key_id)
+                                kms_key_id=resolved.kms_key_id)
         output = base.join("transform-output")
         model_name = job_name(aws.prefix, "eval-model")
         jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
         try:
             request = transform_job_request(
-                job_name(aws.prefix, "eval"), model_name, str(input_uri), str(output), aws
+                job_name(aws.prefix, "eval"), model_name, str(input_uri), str(output), aws,
+                resolved,
             )
             job = jobs.create("transform", request, clients)
             jobs.wait("transform", job, poll_s=aws.poll_s, progress=self.progress,
                       **({"ask": self.ask} if self.ask else {}))
         finally:
             _delete_model(clients, model_name)
-        targets = [output.join(key + ".out") for key in keys]
-        return _read_scores(clients.s3, targets, aws.upload_workers, self.progress)
+        targets = locate_outputs(clients.s3, output, keys)
+        return read_scores(clients.s3, targets, aws.upload_workers, self.progress)
 
-    def _via_endpoint(self, clients: Any, endpoint: str, refs: list[str], aws: Any) -> list[float]:
-        from tqdm.auto import tqdm
+    def _via_endpoint(
+        self, context: Context, clients: Any, model: ModelArtifact, refs: list[str]
+    ) -> list[float]:
+        """Score on a temporary endpoint of ``model``, deleted afterwards whatever happens."""
+        from pcamflow.artifacts import Endpoint
+        from pcamflow.sagemaker import jobs
+        from pcamflow.sagemaker.clients import resolve
+        from pcamflow.sagemaker.deployer import teardown_endpoint
+        from pcamflow.sagemaker.hosting import (
+            endpoint_config_request,
+            endpoint_request,
+            model_request,
+        )
+        from pcamflow.sagemaker.requests import job_name
 
-        from pcamflow.sagemaker.s3 import S3Uri, read_object
-
-        runtime = clients.client("sagemaker-runtime")
-
-        def score(ref: str) -> float:
-            body = read_object(clients.s3, S3Uri.parse(ref))
+        aws = context.settings.aws
+        _check_model(model)
+        resolved = resolve(clients, aws)
+        name = job_name(aws.prefix, "eval")
+        model_name, config_name = f"{name}-model", f"{name}-config"
+        created: dict[str, str] = {}
+        try:
+            jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+            created["model"] = model_name
+            jobs.create("endpoint_config", endpoint_config_request(
+                config_name, model_name, aws.evaluation.transform_instance_type,
+                aws.evaluation.transform_instance_count, aws, resolved,
+            ), clients)
+            created["endpoint_config"] = config_name
+            live = jobs.create("endpoint", endpoint_request(name, config_name, aws), clients)
+            created["endpoint"] = name
+            jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
+            return _invoke_each(clients, name, refs, aws, self.progress)
+        finally:
+            temporary = Endpoint(name=created.get("endpoint", ""), backend="sagemaker",
+                                 resources={k: v for k, v in created.items() if k != "endpoint"})
             try:
-                answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=body,
-                                                 ContentType="application/x-image",
-                                                 Accept="application/json")
-            except Exception as error:  # botocore ClientError: ModelError, ValidationError
-                raise AwsError(f"endpoint {endpoint} failed on {ref}: {error}") from None
-            return positive_score(answer["Body"].read(), f"endpoint {endpoint} on {ref}")
+                teardown_endpoint(temporary, clients, wait="endpoint" in created)
+            except AwsError as error:  # say what is left billing; the scores are done
+                log.error("the evaluation's temporary endpoint was not all deleted: %s", error)
 
-        with ThreadPoolExecutor(max_workers=min(8, aws.upload_workers)) as pool:
-            return list(tqdm(pool.map(score, refs), total=len(refs), desc=f"invoke {endpoint}",
-                             disable=None if self.progress else True))
+
+def _check_model(model: ModelArtifact) -> None:
+    if not model.uri.startswith("s3://"):
+        raise ConfigError(
+            f"model {model.uri}: evaluator 'sagemaker' needs a model in S3 (trainer = 'sagemaker')"
+        )
+
+
+def _invoke_each(
+    clients: Any, endpoint: str, refs: list[str], aws: Any, progress: bool
+) -> list[float]:
+    from tqdm.auto import tqdm
+
+    from pcamflow.sagemaker.s3 import S3Uri, read_object
+
+    runtime = clients.client("sagemaker-runtime")
+
+    def score(ref: str) -> float:
+        body = read_object(clients.s3, S3Uri.parse(ref))
+        try:
+            answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=body,
+                                             ContentType="application/x-image",
+                                             Accept="application/json")
+        except Exception as error:  # botocore ClientError: ModelError, ValidationError
+            raise AwsError(f"endpoint {endpoint} failed on {ref}: {error}") from None
+        return positive_score(answer["Body"].read(), f"endpoint {endpoint} on {ref}")
+
+    with ThreadPoolExecutor(max_workers=min(8, aws.upload_workers)) as pool:
+        return list(tqdm(pool.map(score, refs), total=len(refs), desc=f"invoke {endpoint}",
+                         disable=None if progress else True))
 
 
 def _delete_model(clients: Any, name: str) -> None:
@@ -177,19 +191,6 @@ def _delete_model(clients: Any, name: str) -> None:
         clients.sagemaker.delete_model(ModelName=name)
     except Exception as error:  # leave a note; the evaluation itself is done
         log.warning("could not delete SageMaker model %s: %s", name, error)
-
-
-def _read_scores(s3: Any, targets: list[Any], workers: int, progress: bool) -> list[float]:
-    from tqdm.auto import tqdm
-
-    from pcamflow.sagemaker.s3 import read_object
-
-    def one(target: Any) -> float:
-        return positive_score(read_object(s3, target), str(target))
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(one, targets), total=len(targets), desc="read predictions",
-                         disable=None if progress else True))
 
 
 def _report(

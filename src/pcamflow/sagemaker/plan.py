@@ -99,6 +99,13 @@ def _region(settings: Any) -> str:
     return str(region)
 
 
+def _planned_key(key: str | None, region: str) -> str | None:
+    """The key ARN a run would resolve ``aws.kms_key_id`` to (a placeholder for an alias)."""
+    if not key or not (key.startswith("alias/") or ":alias/" in key):
+        return key
+    return f"arn:aws:kms:{region}:{ACCOUNT}:key/<key of {key.rsplit(':', 1)[-1]}>"
+
+
 def build_plan(settings: Any) -> Plan:
     """The requests and costs of a run of ``settings``' pipeline (nothing is sent).
 
@@ -118,6 +125,7 @@ def build_plan(settings: Any) -> Plan:
         role_arn=aws.role_arn or f"arn:aws:iam::{ACCOUNT}:role/<SageMaker execution role>",
         bucket=aws.bucket or f"sagemaker-{region}-{ACCOUNT}",
         image_uri=rq.algorithm_image(region),
+        kms_key_id=_planned_key(aws.kms_key_id, region),
     )
     from pcamflow._io import run_id
 
@@ -129,7 +137,7 @@ def build_plan(settings: Any) -> Plan:
     ]
     out: list[PlannedRequest] = []
     costs: list[CostLine] = []
-    sse = encryption_args(aws.kms_key_id)
+    sse = encryption_args(resolved.kms_key_id)
     manifests = {s: str(base.join("manifests", f"{s}.manifest")) for s in counts}
     price = aws.prices.get
     training = aws.training
@@ -176,7 +184,7 @@ def build_plan(settings: Any) -> Plan:
             PlannedRequest("evaluate", "sagemaker", "CreateTransformJob", hq.transform_job_request(
                 rq.job_name(aws.prefix, "eval"), name,
                 str(base.join("evaluate", "transform-input.manifest")),
-                str(base.join("evaluate", "transform-output")), aws)),
+                str(base.join("evaluate", "transform-output")), aws, resolved)),
             PlannedRequest("evaluate", "sagemaker", "DeleteModel", {"ModelName": name}),
         ]
         costs.append(CostLine("evaluate", aws.evaluation.transform_instance_type,
@@ -190,7 +198,8 @@ def build_plan(settings: Any) -> Plan:
                            hq.model_request(model, model_uri, aws, resolved)),
             PlannedRequest("deploy", "sagemaker", "CreateEndpointConfig",
                            hq.endpoint_config_request(config, model, deploy.instance_type,
-                                                      deploy.initial_instance_count, aws)),
+                                                      deploy.initial_instance_count, aws,
+                                                      resolved)),
             PlannedRequest("deploy", "sagemaker", "CreateEndpoint",
                            hq.endpoint_request(deploy.name, config, aws)),
         ]

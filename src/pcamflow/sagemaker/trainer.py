@@ -9,6 +9,7 @@ rejected in :meth:`SageMakerTrainer.validate` rather than dropped.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pcamflow.artifacts import Manifests, ModelArtifact, TuningResult
@@ -17,7 +18,14 @@ from pcamflow.hyperparameters import Hyperparameters
 from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Trainer
 
-__all__ = ["SageMakerTrainer", "check_no_extensions", "training_hyperparameters"]
+__all__ = [
+    "SageMakerTrainer",
+    "check_no_extensions",
+    "check_training",
+    "training_hyperparameters",
+]
+
+log = logging.getLogger(__name__)
 
 
 def check_no_extensions(settings: Any) -> None:
@@ -29,6 +37,22 @@ def check_no_extensions(settings: Any) -> None:
             f"{names}: local-only extension(s) that SageMaker's built-in algorithm cannot "
             "apply; remove them or use trainer = 'local'"
         )
+
+
+def check_training(settings: Any, hyperparameters: Hyperparameters | None = None) -> None:
+    """What the algorithm documents about training, checked before anything is spent.
+
+    Raises:
+        ConfigError: the training instance type is not one of the GPU families the algorithm
+            trains on. A depth its MXNet ResNet does not build at this image size is logged as
+            a warning (the rule is read from the source, not documented by AWS).
+    """
+    from pcamflow.sagemaker.algorithm import check_training_instance, depth_warnings
+
+    check_training_instance(settings.aws.training.instance_type)
+    hp = hyperparameters or settings.train.hyperparameters
+    for warning in depth_warnings(hp.num_layers, hp.image_shape):
+        log.warning("%s", warning)
 
 
 def check_aws(settings: Any) -> None:
@@ -43,7 +67,11 @@ def check_aws(settings: Any) -> None:
 def training_hyperparameters(
     base: Hyperparameters, manifests: Manifests, tuning: TuningResult | None = None
 ) -> dict[str, str]:
-    """The algorithm's strings for a job on ``manifests``, tuned values applied."""
+    """The algorithm's strings for a job on ``manifests``, tuned values applied.
+
+    Only what the tuning result holds is taken from it (the tuned ranges' values); everything
+    else, ``epochs`` included, comes from ``base``.
+    """
     hp = base
     if tuning is not None:
         tuned = {
@@ -67,6 +95,7 @@ class SageMakerTrainer(JobStageOptions, Trainer):
     def validate(self, context: Context) -> None:
         check_no_extensions(context.settings)
         check_aws(context.settings)
+        check_training(context.settings)
 
     def run(self, context: Context) -> ModelArtifact:
         from pcamflow.sagemaker import jobs

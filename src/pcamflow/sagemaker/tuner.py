@@ -3,8 +3,9 @@
 It searches the ``[tune.ranges]`` the local tuner searches, with the same strategies
 (Bayesian, Random, Hyperband, Grid), objective ``validation:accuracy`` (maximised), limits on
 jobs in all and at once, early stopping and warm start from an earlier tuning job. The
-:class:`~pcamflow.artifacts.TuningResult` holds the best training job's hyperparameters (the
-static ones plus the tuned ones) and a CSV of every trial.
+:class:`~pcamflow.artifacts.TuningResult` holds the best training job's values of the tuned
+ranges, and only those: the tuning job's own static values (``tune.epochs``, say) stay with
+it, and the trainer takes everything else from ``[train]``. A CSV lists every trial.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ class SageMakerTuner(JobStageOptions, Tuner):
     """
 
     def validate(self, context: Context) -> None:
-        from pcamflow.sagemaker.trainer import check_aws, check_no_extensions
+        from pcamflow.sagemaker.trainer import check_aws, check_no_extensions, check_training
 
         check_no_extensions(context.settings)
         check_aws(context.settings)
+        check_training(context.settings)
         if not context.settings.tune.ranges:
             raise ConfigError("tune.ranges: the SageMaker tuner needs at least one range")
 
@@ -73,7 +75,7 @@ class SageMakerTuner(JobStageOptions, Tuner):
             describe=lambda j: _progress_text(j, total),
             **({"ask": self.ask} if self.ask else {}),
         )
-        best, value = best_of(job, static)
+        best, value = best_of(job, static, tune.ranges)
         trials = write_trials(
             clients, str(job.hyper_parameter_tuning_job_name), context.stage_dir / "trials.csv"
         )
@@ -106,8 +108,15 @@ def _progress_text(job: Any, total: int) -> str:
     return text
 
 
-def best_of(job: Any, static: dict[str, str]) -> tuple[dict[str, str], float | None]:
-    """The best training job's hyperparameters (static + tuned) and objective value.
+def best_of(
+    job: Any, static: dict[str, str], tuned_names: Any
+) -> tuple[dict[str, str], float | None]:
+    """The best training job's values of the tuned ranges, and its objective value.
+
+    Args:
+        job: the finished tuning job (sagemaker-core resource).
+        static: the static hyperparameters the tuning job ran with (to check the values).
+        tuned_names: the names of the tuned ranges; only these are returned.
 
     Raises:
         AwsError: the tuning job has no best training job (no trial reported the objective).
@@ -120,11 +129,11 @@ def best_of(job: Any, static: dict[str, str]) -> tuple[dict[str, str], float | N
             "no trial reported validation:accuracy"
         )
     # the tuner quotes categorical values in some versions ('"sgd"'): strip the quotes
-    merged = {**static, **{k: str(v).strip('"') for k, v in tuned.items()}}
-    Hyperparameters.from_sagemaker(merged)  # a value outside the contract is an error here
+    values = {k: str(v).strip('"') for k, v in tuned.items() if k in set(tuned_names)}
+    Hyperparameters.from_sagemaker({**static, **values})  # outside the contract: an error
     metric = getattr(best, "final_hyper_parameter_tuning_job_objective_metric", None)
     value = getattr(metric, "value", None)
-    return merged, float(value) if isinstance(value, int | float) else None
+    return values, float(value) if isinstance(value, int | float) else None
 
 
 def write_trials(clients: Any, tuning_job: str, path: Path) -> Path:
