@@ -37,6 +37,7 @@ from pcamflow.errors import (
     PipelineDefinitionError,
     StageNameNotUniqueError,
 )
+from pcamflow.plan import Plan
 from pcamflow.probes import by_scheme
 from pcamflow.stages import Context, Stage, stage_output_dir
 
@@ -136,6 +137,48 @@ class Pipeline:
         inner = ", ".join(f"({n!r}, {s!r})" for n, s in self.steps)
         return f"Pipeline([{inner}])"
 
+    def services(
+        self, settings: Any, given: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``given``, plus what each stage brings for itself (:meth:`Stage.provide_services`).
+
+        What the caller passed wins; ``"probes"`` (URI scheme -> probe) are merged.
+        """
+        merged: dict[str, Any] = dict(given or {})
+        for _, stage in self.steps:
+            for key, value in stage.provide_services(settings, merged).items():
+                if key == "probes":
+                    merged["probes"] = {**dict(value), **dict(merged.get("probes") or {})}
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+    def plan(self, settings: Any, services: Mapping[str, Any] | None = None) -> Plan:
+        """What every stage would send to paid services, and the cost: the sum of their plans.
+
+        Nothing is sent. Each stage's :meth:`~pcamflow.stages.Stage.plan` sees the artifacts of
+        the stages before it that the run folder has recorded as completed; the rest it
+        estimates.
+        """
+        run_dir = Path(settings.run_dir)
+        records = read_run_record(run_dir)
+        rid = run_id(run_dir) or ""
+        artifacts: dict[str, Artifact] = {}
+        plans = []
+        for name, stage in self.steps:
+            context = Context(
+                settings=settings, run_dir=run_dir, stage_dir=stage_output_dir(run_dir, name),
+                artifacts=dict(artifacts), services=dict(services or {}), stage_name=name,
+                run_id=rid,
+            )
+            plans.append(stage.plan(context))
+            record = records.get(name)
+            if record is not None and record.status == "completed":
+                artifact = record.load_artifact()
+                if artifact is not None:
+                    artifacts[name] = artifact
+        return Plan.combine(plans)
+
     def _check_name(self, name: str | None, option: str) -> None:
         if name is not None and name not in self.names:
             raise PipelineDefinitionError(
@@ -162,7 +205,8 @@ class Pipeline:
             only: run just this stage (its inputs must be complete from an earlier run).
             services: clients and other objects handed to stages through the context;
                 ``services["probes"]`` (URI scheme -> probe, see :mod:`pcamflow.probes`)
-                checks recorded artifacts in places the core cannot look (``s3://``).
+                checks recorded artifacts in places the core cannot look (``s3://``). What
+                a stage needs and this lacks, the stage brings (:meth:`services`).
 
         Raises:
             Whatever a stage raises; its record says ``failed`` (or ``interrupted`` on Ctrl-C).
@@ -174,7 +218,7 @@ class Pipeline:
         records = read_run_record(run_dir)
         # recorded with the first stage record this run writes, and kept from then on
         rid = run_id(run_dir) or new_run_id()
-        services = dict(services or {})
+        services = self.services(settings, services)
         # whether a recorded artifact is still there, asked by each location's URI scheme
         is_there = by_scheme(services.get("probes"))
         names = self.names

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pcamflow.config import AwsSettings
     from pcamflow.stages import Context
 
-__all__ = ["AwsClients", "clients_for", "resolve", "services_for", "services_for_settings"]
+__all__ = ["AwsClients", "clients_for", "resolve", "services_for"]
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +212,3 @@ def resolve(clients: AwsClients, aws: AwsSettings, *, create_bucket: bool = True
         image_uri=algorithm_image(clients.region),
         kms_key_id=clients.kms_key_arn(aws),
     )
-
-
-def services_for_settings(settings: Any) -> dict[str, Any]:
-    """:func:`services_for` new clients when a stage of ``settings`` runs on SageMaker, else ``{}``.
-
-    ``pcamflow run`` passes this to ``Pipeline.run`` so that a re-run can check ``s3://``
-    artifacts of the run before it.
-    """
-    if "sagemaker" not in settings.pipeline.stage_names().values():
-        return {}
-    return services_for(AwsClients.from_settings(settings.aws))

@@ -17,6 +17,7 @@ import attrs
 
 from pcamflow.artifacts import ImageDataset, Manifests
 from pcamflow.errors import ConfigError, DataError
+from pcamflow.sagemaker._stage import AwsStage
 from pcamflow.stages import Context, DataConverter, ManifestBuilder
 
 __all__ = ["S3Converter", "S3ManifestBuilder", "to_s3_manifest"]
@@ -24,7 +25,24 @@ __all__ = ["S3Converter", "S3ManifestBuilder", "to_s3_manifest"]
 log = logging.getLogger(__name__)
 
 
-class S3Converter(DataConverter):
+def _upload_plan(context: Context, files: list[tuple[str, int]], note: str) -> Any:
+    """The requests of uploading ``files`` ((key under the run's prefix, count) pairs)."""
+    from pcamflow.sagemaker.planning import StagePlanner, planned_resolved, planned_root
+    from pcamflow.sagemaker.s3 import put_params
+
+    resolved = planned_resolved(context.settings)
+    planner = StagePlanner(context, resolved.region)
+    root = planned_root(context, resolved)
+    for key, count in files:
+        params = put_params(resolved.bucket, root.join(key).key, resolved.kms_key_id)
+        planner.billed("s3", "PutObject", params, count, note)
+        if resolved.kms_key_id:  # SSE-KMS asks KMS for a data key per object
+            planner.billed("kms", "GenerateDataKey",
+                           {"KeyId": resolved.kms_key_id, "KeySpec": "AES_256"}, count)
+    return planner
+
+
+class S3Converter(AwsStage, DataConverter):
     """Converts PCam to JPEG locally, then uploads the image tree to S3.
 
     Args:
@@ -43,6 +61,22 @@ class S3Converter(DataConverter):
 
     def validate(self, context: Context) -> None:
         self._local().validate(context)
+
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.planning import source_counts
+
+        counts, read = source_counts(context.settings)
+        total = sum(counts.values())
+        planner = _upload_plan(context, [("images/train/0/train_000000.jpg", total)],
+                               "one per image; already uploaded ones are skipped")
+        if not read:
+            planner.notes.append("image counts are PCam's split sizes (data.source has no "
+                                 "label files yet)")
+        resolved_bucket = planner.requests[0].params["Bucket"]
+        prefix = planner.requests[0].params["Key"].rsplit("/train/", 1)[0] + "/"
+        planner.billed("s3", "ListObjectsV2", {"Bucket": resolved_bucket, "Prefix": prefix},
+                       max(1, -(-total // 1000)), "what is already there, 1,000 keys a page")
+        return planner.plan()
 
     def run(self, context: Context) -> ImageDataset:
         from pcamflow.sagemaker.clients import clients_for
@@ -93,7 +127,7 @@ def to_s3_manifest(local_manifest: Path, local_root: Path, s3_root: str, out: Pa
     return len(lines)
 
 
-class S3ManifestBuilder(ManifestBuilder):
+class S3ManifestBuilder(AwsStage, ManifestBuilder):
     """Builds augmented manifests with ``s3://`` source-refs and uploads them."""
 
     settings_sections = ("manifests", "aws")
@@ -110,6 +144,12 @@ class S3ManifestBuilder(ManifestBuilder):
                 f"manifest_builder = 'sagemaker' needs the local copy of {dataset.root} "
                 "(the ImageDataset has no local_root)"
             )
+
+    def plan(self, context: Context) -> Any:
+        stage = context.stage_name or "manifests"
+        files = [(f"{stage}/{split}.{kind}", 1) for split in context.settings.data.splits
+                 for kind in ("manifest", "lst")]
+        return _upload_plan(context, files, "").plan()
 
     def run(self, context: Context) -> Manifests:
         from pcamflow.data.manifests import build_manifests

@@ -24,6 +24,38 @@ __all__ = ["SageMakerDeployer", "teardown_endpoint"]
 log = logging.getLogger(__name__)
 
 
+def deploy_requests(
+    context: Context, resolved: Any, model_uri: str
+) -> dict[str, Any]:
+    """The requests of the deployer stage in ``context``: ``model``, ``endpoint_config``,
+    ``endpoint`` and ``scaling`` (Application Auto Scaling's ``(operation, params)`` pairs).
+
+    Both :meth:`SageMakerDeployer.run` and :meth:`SageMakerDeployer.plan` build them here.
+    """
+    import datetime as dt
+
+    from pcamflow.sagemaker.hosting import (
+        endpoint_config_request,
+        endpoint_request,
+        model_request,
+        scaling_requests,
+    )
+    from pcamflow.sagemaker.requests import job_name
+
+    aws, deploy = context.settings.aws, context.settings.deploy
+    when = dt.datetime.now(dt.timezone.utc)
+    model_name = job_name(deploy.name, "model", when)
+    config_name = job_name(deploy.name, "config", when)
+    return {
+        "model": model_request(model_name, model_uri, aws, resolved),
+        "endpoint_config": endpoint_config_request(
+            config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
+            resolved),
+        "endpoint": endpoint_request(deploy.name, config_name, aws),
+        "scaling": scaling_requests(deploy.name, deploy.initial_instance_count, aws),
+    }
+
+
 class SageMakerDeployer(JobStageOptions, Deployer):
     """Deploys the model to a SageMaker real-time endpoint.
 
@@ -45,15 +77,32 @@ class SageMakerDeployer(JobStageOptions, Deployer):
                 "an API key; remove it or use deployer = 'local'"
             )
 
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.planning import StagePlanner, planned_resolved, planned_root
+
+        settings = context.settings
+        aws, deploy = settings.aws, settings.deploy
+        resolved = planned_resolved(settings)
+        planner = StagePlanner(context, resolved.region)
+        model = context.optional_input(ModelArtifact)
+        model_uri = model.uri if model is not None else str(planned_root(
+            context, resolved).join("train", "output", "<training job>", "output",
+                                    "model.tar.gz"))
+        requests = deploy_requests(context, resolved, model_uri)
+        planner.request("sagemaker", "DescribeEndpoint", {"EndpointName": deploy.name})
+        planner.request("sagemaker", "CreateModel", requests["model"])
+        planner.request("sagemaker", "CreateEndpointConfig", requests["endpoint_config"])
+        planner.request("sagemaker", "CreateEndpoint", requests["endpoint"])
+        for operation, params in requests["scaling"]:
+            planner.request("application-autoscaling", operation, params)
+        planner.instance_hours(deploy.instance_type, deploy.initial_instance_count,
+                               aws.endpoint.endpoint_hours,
+                               "aws.endpoint.endpoint_hours; billed until `pcamflow teardown`")
+        return planner.plan()
+
     def run(self, context: Context) -> Endpoint:
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
-        from pcamflow.sagemaker.hosting import (
-            endpoint_config_request,
-            endpoint_request,
-            model_request,
-        )
-        from pcamflow.sagemaker.requests import job_name
 
         settings = context.settings
         aws, deploy = settings.aws, settings.deploy
@@ -66,22 +115,20 @@ class SageMakerDeployer(JobStageOptions, Deployer):
         clients = clients_for(context)
         _check_free(clients, deploy.name)
         resolved = resolve(clients, aws)
-        model_name = job_name(deploy.name, "model")
-        config_name = job_name(deploy.name, "config")
+        requests = deploy_requests(context, resolved, model.uri)
+        model_name = requests["model"]["ModelName"]
+        config_name = requests["endpoint_config"]["EndpointConfigName"]
         resources = {"model": model_name, "endpoint_config": config_name}
         created: dict[str, str] = {}  # only what this run made is deleted if it fails
         try:
-            jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+            jobs.create("model", requests["model"], clients)
             created["model"] = model_name
-            jobs.create("endpoint_config", endpoint_config_request(
-                config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
-                resolved,
-            ), clients)
+            jobs.create("endpoint_config", requests["endpoint_config"], clients)
             created["endpoint_config"] = config_name
-            live = jobs.create("endpoint", endpoint_request(deploy.name, config_name, aws), clients)
+            live = jobs.create("endpoint", requests["endpoint"], clients)
             created["endpoint"] = deploy.name
             jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
-            scaling = _autoscale(clients, deploy, aws, created)
+            scaling = _autoscale(clients, deploy.name, requests["scaling"], created)
         except KeyboardInterrupt:
             ask = self.ask or jobs.ask_on_terminal
             if ask(f"Endpoint {deploy.name} is being created (and billed). Delete it?"):
@@ -127,25 +174,26 @@ def _delete_created(clients: Any, created: dict[str, str]) -> None:
     teardown_endpoint(partial, clients, wait="endpoint" in created)
 
 
-def _autoscale(clients: Any, deploy: Any, aws: Any, created: dict[str, str]) -> str | None:
+def _autoscale(
+    clients: Any, name: str, requests: list[tuple[str, dict[str, Any]]], created: dict[str, str]
+) -> str | None:
     """Register the scalable target and its policy; the target goes into ``created`` at once,
     so that a failure after it (the policy refused) deregisters it with the rest."""
-    from pcamflow.sagemaker.hosting import scaling_requests, scaling_resource_id
-
-    requests = scaling_requests(deploy.name, deploy.initial_instance_count, aws)
     if not requests:
         return None
     scaling = clients.client("application-autoscaling")
+    resource = ""
     for operation, params in requests:
         method = {"RegisterScalableTarget": scaling.register_scalable_target,
                   "PutScalingPolicy": scaling.put_scaling_policy}[operation]
         try:
             method(**params)
         except Exception as error:  # botocore ClientError
-            raise AwsError(f"autoscaling {deploy.name}: {operation} failed: {error}") from None
+            raise AwsError(f"autoscaling {name}: {operation} failed: {error}") from None
         if operation == "RegisterScalableTarget":
-            created["autoscaling"] = scaling_resource_id(deploy.name)
-    return scaling_resource_id(deploy.name)
+            resource = str(params["ResourceId"])
+            created["autoscaling"] = resource
+    return resource or None
 
 
 def _not_found(error: Exception) -> bool:

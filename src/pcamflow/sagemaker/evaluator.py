@@ -25,11 +25,53 @@ from pcamflow.artifacts import Evaluation, ImageDataset, Manifests, ModelArtifac
 from pcamflow.errors import AwsError, ConfigError
 from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.sagemaker.predictions import positive_score, transform_input_manifest
+from pcamflow.sagemaker.s3 import S3Uri
 from pcamflow.stages import Context, Evaluator
 
-__all__ = ["SageMakerEvaluator", "positive_score", "transform_input_manifest"]
+__all__ = [
+    "SageMakerEvaluator",
+    "evaluation_requests",
+    "positive_score",
+    "transform_input_manifest",
+]
 
 log = logging.getLogger(__name__)
+
+
+def evaluation_requests(
+    context: Context, resolved: Any, model_uri: str, input_uri: str, output: str,
+    when: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """The SageMaker requests of the evaluator stage in ``context``, by kind.
+
+    ``model`` always; ``transform`` for a batch transform, or ``endpoint_config`` and
+    ``endpoint`` for a temporary endpoint (``aws.evaluation.evaluate_via``). Both
+    :meth:`SageMakerEvaluator.run` and :meth:`SageMakerEvaluator.plan` build them here.
+    """
+    import datetime as dt
+
+    from pcamflow.sagemaker.hosting import (
+        endpoint_config_request,
+        endpoint_request,
+        model_request,
+        transform_job_request,
+    )
+    from pcamflow.sagemaker.requests import job_name
+
+    aws = context.settings.aws
+    when = when or dt.datetime.now(dt.timezone.utc)
+    model_name = job_name(aws.prefix, "eval-model", when)
+    requests = {"model": model_request(model_name, model_uri, aws, resolved)}
+    if aws.evaluation.evaluate_via == "endpoint":
+        config = job_name(aws.prefix, "eval-config", when)
+        requests["endpoint_config"] = endpoint_config_request(
+            config, model_name, aws.evaluation.transform_instance_type,
+            aws.evaluation.transform_instance_count, aws, resolved)
+        requests["endpoint"] = endpoint_request(job_name(aws.prefix, "eval", when), config, aws)
+    else:
+        requests["transform"] = transform_job_request(
+            job_name(aws.prefix, "eval", when), model_name, input_uri, output, aws, resolved)
+    return requests
 
 
 class SageMakerEvaluator(JobStageOptions, Evaluator):
@@ -53,7 +95,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
     def run(self, context: Context) -> Evaluation:
         from pcamflow.data.manifests import read_manifest
         from pcamflow.sagemaker.clients import clients_for
-        from pcamflow.sagemaker.s3 import S3Uri, download_file
+        from pcamflow.sagemaker.s3 import download_file
 
         settings = context.settings
         split = settings.evaluate.split
@@ -78,14 +120,85 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
             scores = self._via_transform(context, clients, model, refs)
         return _report(context, labels, scores, refs, model)
 
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.planning import (
+            StagePlanner,
+            planned_counts,
+            planned_resolved,
+            planned_root,
+        )
+        from pcamflow.sagemaker.s3 import put_params
+
+        settings = context.settings
+        aws = settings.aws
+        resolved = planned_resolved(settings)
+        planner = StagePlanner(context, resolved.region)
+        root = planned_root(context, resolved)
+        base = root.join(context.stage_name or "evaluate")
+        model = context.optional_input(ModelArtifact)
+        model_uri = model.uri if model is not None else str(
+            root.join("train", "output", "<training job>", "output", "model.tar.gz"))
+        counts, estimated = planned_counts(context)
+        if estimated:
+            planner.notes.append(estimated)
+        images = counts.get(settings.evaluate.split, 0)
+        manifests = context.optional_input(Manifests)
+        source = (manifests.manifests.get(settings.evaluate.split) if manifests else None) or str(
+            root.join("manifests", f"{settings.evaluate.split}.manifest"))
+        listing = S3Uri.parse(source)
+        planner.billed("s3", "GetObject", {"Bucket": listing.bucket, "Key": listing.key}, 1,
+                       "the evaluated manifest")
+        requests = evaluation_requests(
+            context, resolved, model_uri, str(base.join("transform-input.manifest")),
+            str(base.join("transform-output")))
+        planner.request("sagemaker", "CreateModel", requests["model"])
+        kms = resolved.kms_key_id
+        image = {"Bucket": resolved.bucket, "Key": "<image>"}
+        if "transform" in requests:
+            planner.billed("s3", "PutObject", put_params(
+                resolved.bucket, base.join("transform-input.manifest").key, kms), 1,
+                "the transform's manifest file")
+            planner.request("sagemaker", "CreateTransformJob", requests["transform"])
+            planner.billed("s3", "GetObject", image, images, "the transform reads each image")
+            out = base.join("transform-output", "<relative key>.out")
+            planner.billed("s3", "PutObject", {"Bucket": out.bucket, "Key": out.key}, images,
+                           "the transform writes an answer per image")
+            if kms:
+                planner.billed("kms", "GenerateDataKey", {"KeyId": kms, "KeySpec": "AES_256"},
+                               images + 1)
+            planner.billed("s3", "ListObjectsV2", {"Bucket": out.bucket,
+                                                   "Prefix": base.join("transform-output").key},
+                           max(1, -(-images // 1000)), "finding the answers")
+            planner.billed("s3", "GetObject", {"Bucket": out.bucket, "Key": out.key}, images,
+                           "reading the answers")
+            planner.request("sagemaker", "DeleteModel",
+                            {"ModelName": requests["model"]["ModelName"]})
+            what = "the transform"
+        else:
+            name = requests["endpoint"]["EndpointName"]
+            planner.request("sagemaker", "CreateEndpointConfig", requests["endpoint_config"])
+            planner.request("sagemaker", "CreateEndpoint", requests["endpoint"])
+            planner.billed("s3", "GetObject", image, images, "reading each image")
+            planner.request("sagemaker-runtime", "InvokeEndpoint", {
+                "EndpointName": name, "Body": "<image>", "ContentType": "application/x-image",
+                "Accept": "application/json"}, images)
+            planner.request("sagemaker", "DeleteEndpoint", {"EndpointName": name})
+            planner.request("sagemaker", "DeleteEndpointConfig", {
+                "EndpointConfigName": requests["endpoint_config"]["EndpointConfigName"]})
+            planner.request("sagemaker", "DeleteModel",
+                            {"ModelName": requests["model"]["ModelName"]})
+            what = "the temporary endpoint"
+        planner.instance_hours(aws.evaluation.transform_instance_type,
+                               aws.evaluation.transform_instance_count, 1.0,
+                               f"{what}, assumed to take an hour")
+        return planner.plan()
+
     def _via_transform(
         self, context: Context, clients: Any, model: ModelArtifact, refs: list[str]
     ) -> list[float]:
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import resolve
-        from pcamflow.sagemaker.hosting import model_request, transform_job_request
         from pcamflow.sagemaker.predictions import locate_outputs, read_scores
-        from pcamflow.sagemaker.requests import job_name
         from pcamflow.sagemaker.s3 import run_root, upload_file
 
         aws = context.settings.aws
@@ -98,14 +211,11 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         input_uri = upload_file(clients.s3, listing, base.join("transform-input.manifest"),
                                 kms_key_id=resolved.kms_key_id)
         output = base.join("transform-output")
-        model_name = job_name(aws.prefix, "eval-model")
-        jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
+        requests = evaluation_requests(context, resolved, model.uri, str(input_uri), str(output))
+        model_name = requests["model"]["ModelName"]
+        jobs.create("model", requests["model"], clients)
         try:
-            request = transform_job_request(
-                job_name(aws.prefix, "eval"), model_name, str(input_uri), str(output), aws,
-                resolved,
-            )
-            job = jobs.create("transform", request, clients)
+            job = jobs.create("transform", requests["transform"], clients)
             jobs.wait("transform", job, poll_s=aws.poll_s, progress=self.progress,
                       **({"ask": self.ask} if self.ask else {}))
         finally:
@@ -121,28 +231,19 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import resolve
         from pcamflow.sagemaker.deployer import teardown_endpoint
-        from pcamflow.sagemaker.hosting import (
-            endpoint_config_request,
-            endpoint_request,
-            model_request,
-        )
-        from pcamflow.sagemaker.requests import job_name
 
         aws = context.settings.aws
         _check_model(model)
         resolved = resolve(clients, aws)
-        name = job_name(aws.prefix, "eval")
-        model_name, config_name = f"{name}-model", f"{name}-config"
+        requests = evaluation_requests(context, resolved, model.uri, "", "")
+        name = requests["endpoint"]["EndpointName"]
         created: dict[str, str] = {}
         try:
-            jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
-            created["model"] = model_name
-            jobs.create("endpoint_config", endpoint_config_request(
-                config_name, model_name, aws.evaluation.transform_instance_type,
-                aws.evaluation.transform_instance_count, aws, resolved,
-            ), clients)
-            created["endpoint_config"] = config_name
-            live = jobs.create("endpoint", endpoint_request(name, config_name, aws), clients)
+            jobs.create("model", requests["model"], clients)
+            created["model"] = requests["model"]["ModelName"]
+            jobs.create("endpoint_config", requests["endpoint_config"], clients)
+            created["endpoint_config"] = requests["endpoint_config"]["EndpointConfigName"]
+            live = jobs.create("endpoint", requests["endpoint"], clients)
             created["endpoint"] = name
             jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
             return _invoke_each(clients, name, refs, aws, self.progress)

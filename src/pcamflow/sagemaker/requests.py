@@ -28,6 +28,7 @@ __all__ = [
     "Resolved",
     "channels",
     "check_request",
+    "grid_size",
     "job_name",
     "tags",
     "training_job_request",
@@ -211,6 +212,20 @@ def _parameter_ranges(tune: TuneSettings) -> dict[str, list[dict[str, Any]]]:
         kind = {"continuous": "Continuous", "integer": "Integer", "categorical": "Categorical"}
         ranges[f"{kind[rng.type]}ParameterRanges"].append(rng.to_sagemaker(name))
     return {key: value for key, value in ranges.items() if value}
+
+
+def grid_size(tune: TuneSettings) -> int:
+    """How many training jobs a Grid tuning job runs: every combination of its categories.
+
+    SageMaker computes it so ("Only categorical parameters are supported when using the grid
+    search strategy ... the total number of distinct categorical combinations possible",
+    https://docs.aws.amazon.com/sagemaker/latest/dg/automatic-model-tuning-how-it-works.html);
+    integer ranges are sent as the categories of their whole numbers.
+    """
+    size = 1
+    for entry in _parameter_ranges(tune).get("CategoricalParameterRanges", []):
+        size *= len(entry["Values"])
+    return size
 
 
 def tuning_job_request(

@@ -34,6 +34,7 @@ __all__ = [
     "download_file",
     "encryption_args",
     "existing_objects",
+    "put_params",
     "read_object",
     "run_prefix",
     "run_root",
@@ -98,6 +99,17 @@ def encryption_args(kms_key_id: str | None) -> dict[str, str]:
 
 UPLOAD_CHECKSUM = {"ChecksumAlgorithm": "SHA256"}
 """Every upload stores a SHA-256 checksum with the object, which a re-run compares."""
+
+
+def put_params(bucket: str, key: str, kms_key_id: str | None) -> dict[str, str]:
+    """The ``PutObject`` parameters of every upload (what ``pcamflow plan`` shows, too)."""
+    return {"Bucket": bucket, "Key": key, **encryption_args(kms_key_id), **UPLOAD_CHECKSUM}
+
+
+def _extra_args(kms_key_id: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = put_params("", "", kms_key_id)
+    del params["Bucket"], params["Key"]
+    return params
 
 
 def s3_probe(s3: Any) -> Callable[[str], bool]:
@@ -233,7 +245,7 @@ def upload_tree(
     todo = [item for item, kept in zip(candidates, same, strict=True) if not kept]
     skipped = len(candidates) - len(todo)
     log.info("uploading %d files to %s (%d already there)", len(todo), target, skipped)
-    extra = {**encryption_args(kms_key_id), **UPLOAD_CHECKSUM}
+    extra = _extra_args(kms_key_id)
     config = TransferConfig(max_concurrency=workers, use_threads=True)
     lock = threading.Lock()
     bar = tqdm(
@@ -282,7 +294,7 @@ def upload_file(
     metadata: Mapping[str, str] | None = None,
 ) -> S3Uri:
     """Upload one file, encrypted; returns where it went."""
-    extra: dict[str, Any] = {**encryption_args(kms_key_id), **UPLOAD_CHECKSUM}
+    extra = _extra_args(kms_key_id)
     if metadata:
         extra["Metadata"] = dict(metadata)
     try:

@@ -23,6 +23,7 @@ __all__ = [
     "check_no_extensions",
     "check_training",
     "training_hyperparameters",
+    "training_request",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,48 @@ def training_hyperparameters(
     return hp.with_values(num_training_samples=count).to_sagemaker()
 
 
+TUNED = "<best of the tuning job>"
+"""What the plan shows for a tuned hyperparameter until the tuning job has found it."""
+
+
+def training_request(
+    context: Context,
+    resolved: Any,
+    manifests: Manifests,
+    tuning: TuningResult | None,
+    name: str,
+    tuned_names: Any = (),
+) -> dict[str, Any]:
+    """The ``CreateTrainingJob`` request of the trainer stage in ``context``.
+
+    Both :meth:`SageMakerTrainer.run` and :meth:`SageMakerTrainer.plan` build it here.
+
+    Args:
+        context: the stage's context.
+        resolved: the run's resolved values (or the plan's placeholders).
+        manifests: the train and validation manifests (``s3://``) and their counts.
+        tuning: the tuning result whose values to apply, if any.
+        name: the training job's name.
+        tuned_names: hyperparameters a tuning job will choose (the plan shows placeholders).
+    """
+    from pcamflow.sagemaker.requests import training_job_request
+    from pcamflow.sagemaker.s3 import run_prefix
+
+    settings = context.settings
+    hyperparameters = training_hyperparameters(settings.train.hyperparameters, manifests, tuning)
+    hyperparameters.update({k: TUNED for k in tuned_names})
+    root = run_prefix(resolved.bucket, settings.aws.prefix, context.run_dir,
+                      context.run_id or "<run id>")
+    output = root.join(context.stage_name or "train", "output")
+    return training_job_request(name, hyperparameters, manifests.manifests, str(output),
+                                settings.aws, resolved)
+
+
 class SageMakerTrainer(JobStageOptions, Trainer):
     """Trains on SageMaker with the built-in Image Classification algorithm (Pipe mode).
+
+    After the job, its metric lines are read back from CloudWatch Logs with the parser of
+    :mod:`pcamflow.metric_lines` into ``history.json`` in the stage folder.
 
     Args:
         progress: show the job's progress.
@@ -97,39 +138,96 @@ class SageMakerTrainer(JobStageOptions, Trainer):
         check_aws(context.settings)
         check_training(context.settings)
 
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.algorithm import depth_warnings
+        from pcamflow.sagemaker.planning import (
+            StagePlanner,
+            planned_counts,
+            planned_resolved,
+            planned_root,
+        )
+        from pcamflow.sagemaker.requests import job_name
+
+        check_no_extensions(context.settings)
+        settings = context.settings
+        resolved = planned_resolved(settings)
+        planner = StagePlanner(context, resolved.region)
+        manifests = context.optional_input(Manifests)
+        counts, estimated = planned_counts(context)
+        if manifests is None:
+            root = planned_root(context, resolved)
+            manifests = Manifests(
+                manifests={s: str(root.join("manifests", f"{s}.manifest")) for s in counts},
+                counts=counts)
+        if estimated:
+            planner.notes.append(estimated)
+        tuning = context.optional_input(TuningResult)
+        pending = () if tuning is not None or "tuner" not in settings.pipeline.stage_names() \
+            else tuple(sorted(settings.tune.ranges))
+        request = training_request(context, resolved, manifests, tuning,
+                                   job_name(settings.aws.prefix, "train"), pending)
+        planner.request("sagemaker", "CreateTrainingJob", request)
+        hp = settings.train.hyperparameters
+        planner.warnings += depth_warnings(hp.num_layers, hp.image_shape)
+        epochs = int(request["HyperParameters"]["epochs"])
+        images = counts.get("train", 0) + counts.get("valid", 0)
+        planner.billed("s3", "GetObject", {"Bucket": resolved.bucket, "Key": "<image>"},
+                       images * epochs, f"Pipe mode reads every image each epoch ({epochs})")
+        training = settings.aws.training
+        hours = (training.estimated_runtime_s or training.max_runtime_s) / 3600
+        planner.instance_hours(
+            training.instance_type, training.instance_count, hours,
+            "aws.training.estimated_runtime_s" if training.estimated_runtime_s
+            else "at most aws.training.max_runtime_s")
+        return planner.plan()
+
     def run(self, context: Context) -> ModelArtifact:
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
-        from pcamflow.sagemaker.requests import job_name, training_job_request
-        from pcamflow.sagemaker.s3 import run_root
+        from pcamflow.sagemaker.requests import job_name
 
         settings = context.settings
         aws = settings.aws
         manifests = context.input(Manifests)
         tuning = context.optional_input(TuningResult)
-        hyperparameters = training_hyperparameters(
-            settings.train.hyperparameters, manifests, tuning
-        )
         clients = clients_for(context)
         resolved = resolve(clients, aws)
-        output = run_root(context, resolved.bucket).join(
-            context.stage_name or "train", "output"
-        )
-        request = training_job_request(
-            job_name(aws.prefix, "train"), hyperparameters, manifests.manifests, str(output),
-            aws, resolved,
-        )
+        request = training_request(context, resolved, manifests, tuning,
+                                   job_name(aws.prefix, "train"))
         job = jobs.attach_or_create("training", request, clients, context.stage_dir)
         job = jobs.wait(
             "training", job, poll_s=aws.poll_s, progress=self.progress,
             describe=_last_metrics, **({"ask": self.ask} if self.ask else {}),
         )
+        metrics = final_metrics(job)
+        history = _history(clients, str(job.training_job_name), context.stage_dir)
+        if history:
+            metrics["epochs_run"] = float(len(history))
+        output = request["OutputDataConfig"]["S3OutputPath"]
         return ModelArtifact(
             uri=_model_uri(job, output),
-            hyperparameters=dict(hyperparameters),
-            metrics=final_metrics(job),
+            hyperparameters=dict(request["HyperParameters"]),
+            metrics=metrics,
             job_name=str(job.training_job_name),
         )
+
+
+def _history(clients: Any, job_name: str, folder: Any) -> list[dict[str, Any]]:
+    """The job's per-epoch metrics from its log, written to ``history.json`` ([] if unread)."""
+    import json
+
+    from pcamflow._io import atomic_write
+    from pcamflow.errors import AwsError
+    from pcamflow.sagemaker.logs import metric_history
+
+    try:
+        history = metric_history(clients.client("logs"), job_name)
+    except AwsError as error:  # the model is made; its history is a nicety
+        log.warning("%s", error)
+        return []
+    with atomic_write(folder / "history.json", encoding="utf-8") as handle:
+        json.dump(history, handle, indent=2)
+    return history
 
 
 def final_metrics(job: Any) -> dict[str, float]:
@@ -145,10 +243,10 @@ def _last_metrics(job: Any) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
 
-def _model_uri(job: Any, output: Any) -> str:
+def _model_uri(job: Any, output: str) -> str:
     artifacts = getattr(job, "model_artifacts", None)
     uri = getattr(artifacts, "s3_model_artifacts", None)
     if isinstance(uri, str) and uri.endswith(".tar.gz"):
         return uri
     # SageMaker's layout: <output path>/<job name>/output/model.tar.gz
-    return str(output.join(str(job.training_job_name), "output", "model.tar.gz"))
+    return f"{output.rstrip('/')}/{job.training_job_name}/output/model.tar.gz"

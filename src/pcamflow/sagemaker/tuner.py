@@ -23,9 +23,33 @@ from pcamflow.hyperparameters import Hyperparameters
 from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Tuner
 
-__all__ = ["SageMakerTuner", "best_of", "write_trials"]
+__all__ = ["SageMakerTuner", "best_of", "tuning_request", "write_trials"]
 
 log = logging.getLogger(__name__)
+
+
+def tuning_request(
+    context: Context, resolved: Any, manifests: Manifests, name: str
+) -> dict[str, Any]:
+    """The ``CreateHyperParameterTuningJob`` request of the tuner stage in ``context``.
+
+    Both :meth:`SageMakerTuner.run` and :meth:`SageMakerTuner.plan` build it here.
+    """
+    from pcamflow.sagemaker.requests import tuning_job_request
+    from pcamflow.sagemaker.s3 import run_prefix
+    from pcamflow.sagemaker.trainer import training_hyperparameters
+
+    settings = context.settings
+    tune = settings.tune
+    base = settings.train.hyperparameters
+    if tune.epochs is not None:
+        base = attrs.evolve(base, epochs=tune.epochs)
+    static = training_hyperparameters(base, manifests)
+    root = run_prefix(resolved.bucket, settings.aws.prefix, context.run_dir,
+                      context.run_id or "<run id>")
+    output = root.join(context.stage_name or "tune", "output")
+    return tuning_job_request(name, tune, static, manifests.manifests, str(output),
+                              settings.aws, resolved)
 
 
 class SageMakerTuner(JobStageOptions, Tuner):
@@ -45,30 +69,64 @@ class SageMakerTuner(JobStageOptions, Tuner):
         if not context.settings.tune.ranges:
             raise ConfigError("tune.ranges: the SageMaker tuner needs at least one range")
 
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.algorithm import depth_warnings
+        from pcamflow.sagemaker.planning import (
+            StagePlanner,
+            planned_counts,
+            planned_resolved,
+            planned_root,
+        )
+        from pcamflow.sagemaker.requests import grid_size, job_name
+        from pcamflow.sagemaker.trainer import check_no_extensions
+
+        check_no_extensions(context.settings)
+        settings = context.settings
+        tune, training = settings.tune, settings.aws.training
+        resolved = planned_resolved(settings)
+        planner = StagePlanner(context, resolved.region)
+        manifests = context.optional_input(Manifests)
+        counts, estimated = planned_counts(context)
+        if manifests is None:
+            root = planned_root(context, resolved)
+            manifests = Manifests(
+                manifests={s: str(root.join("manifests", f"{s}.manifest")) for s in counts},
+                counts=counts)
+        if estimated:
+            planner.notes.append(estimated)
+        request = tuning_request(context, resolved, manifests, job_name(settings.aws.prefix,
+                                                                        "tune"))
+        planner.request("sagemaker", "CreateHyperParameterTuningJob", request)
+        hp = settings.train.hyperparameters
+        planner.warnings += depth_warnings(hp.num_layers, hp.image_shape)
+        if tune.strategy == "Grid":
+            trials, how = grid_size(tune), "the grid's every combination"
+        else:
+            trials, how = tune.max_jobs, "at most tune.max_jobs"
+        epochs = int(request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"])
+        images = counts.get("train", 0) + counts.get("valid", 0)
+        planner.billed("s3", "GetObject", {"Bucket": resolved.bucket, "Key": "<image>"},
+                       images * epochs * trials,
+                       f"at most: Pipe mode reads every image each epoch ({epochs}) of each "
+                       f"of {trials} training jobs")
+        hours = (training.estimated_runtime_s or training.max_runtime_s) / 3600
+        planner.instance_hours(training.instance_type, training.instance_count * trials, hours,
+                               f"{trials} training jobs ({how})")
+        return planner.plan()
+
     def run(self, context: Context) -> TuningResult:
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
-        from pcamflow.sagemaker.requests import job_name, tuning_job_request
-        from pcamflow.sagemaker.s3 import run_root
-        from pcamflow.sagemaker.trainer import training_hyperparameters
+        from pcamflow.sagemaker.requests import grid_size, job_name
 
         settings = context.settings
         aws, tune = settings.aws, settings.tune
         manifests = context.input(Manifests)
-        base = settings.train.hyperparameters
-        if tune.epochs is not None:
-            base = attrs.evolve(base, epochs=tune.epochs)
-        static = training_hyperparameters(base, manifests)
         clients = clients_for(context)
         resolved = resolve(clients, aws)
-        output = run_root(context, resolved.bucket).join(
-            context.stage_name or "tune", "output"
-        )
-        request = tuning_job_request(
-            job_name(aws.prefix, "tune"), tune, static, manifests.manifests, str(output),
-            aws, resolved,
-        )
-        total = tune.max_jobs
+        request = tuning_request(context, resolved, manifests, job_name(aws.prefix, "tune"))
+        static = request["TrainingJobDefinition"]["StaticHyperParameters"]
+        total = grid_size(tune) if tune.strategy == "Grid" else tune.max_jobs
         job = jobs.attach_or_create("tuning", request, clients, context.stage_dir)
         job = jobs.wait(
             "tuning", job, poll_s=aws.poll_s, progress=self.progress,
