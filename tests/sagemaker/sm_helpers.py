@@ -68,14 +68,22 @@ def kms_alias(clients: Any, alias: str = "alias/pcam") -> str:
     return str(key["Arn"])
 
 
+TINY_TRAIN = {"num_layers": 20, "image_shape": "3,28,28", "epochs": 1, "mini_batch_size": 8,
+              "optimizer": "adam", "learning_rate": 0.01}
+"""Hyperparameters small enough for a test: ResNet-20 at 28 px (the depth the algorithm builds
+at that size), one epoch."""
+
+
 def settings_for(tmp_path: Path, **tables: Any) -> Any:
-    """Settings of a SageMaker run in ``tmp_path``, quick polling, the test bucket and role."""
+    """Settings of a SageMaker run in ``tmp_path``: quick polling, the test bucket and role,
+    and :data:`TINY_TRAIN` under what the test gives in ``train``."""
     from pcamflow.config import Settings
 
-    aws = {"region": REGION, "role_arn": ROLE, "bucket": BUCKET, "poll_s": 0.0}
+    aws = {"region": REGION, "role_arn": ROLE, "bucket": BUCKET, "poll_s": 0.05}
     aws.update(tables.pop("aws", {}))
     pipeline = {"run_dir": str(tmp_path / "run"), **tables.pop("pipeline", {})}
-    return Settings.from_dict({"pipeline": pipeline, "aws": aws, **tables})
+    train = {**TINY_TRAIN, **tables.pop("train", {})}
+    return Settings.from_dict({"pipeline": pipeline, "aws": aws, "train": train, **tables})
 
 
 def context_for(settings: Any, clients: Any, stage: str, artifacts: dict[str, Any]) -> Any:
@@ -100,20 +108,54 @@ def run_key(settings: Any) -> str:
     return f"{settings.aws.prefix}/{settings.run_dir.name}-{rid}"
 
 
-def s3_manifests(clients: Any, count: int = 6) -> Any:
-    """Train/valid/test manifests in S3 (``s3://`` source-refs), as the S3 builder makes them."""
+def patch_jpeg(label: int, seed: int) -> bytes:
+    """A 96x96 JPEG whose class shows: dark for 0, light for 1, with noise."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = 70 if label == 0 else 190
+    pixels = np.clip(base + rng.normal(0, 25, (96, 96, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def s3_manifests(clients: Any, count: int = 8, prefix: str = "") -> Any:
+    """Train/valid/test images and augmented manifests in S3, as the S3 builder makes them.
+
+    Args:
+        clients: the AwsClients (or an emulator's).
+        count: images per split, classes alternating.
+        prefix: a key prefix, to keep one test's objects apart from another's.
+    """
     import json
+    import zlib
 
     from pcamflow.artifacts import Manifests
 
     uris, counts = {}, {}
     for split in ("train", "valid", "test"):
-        lines = [
-            json.dumps({"source-ref": f"s3://{BUCKET}/images/{split}/{i % 2}/{split}_{i:06d}.jpg",
-                        "class": str(i % 2)})
-            for i in range(count)
-        ]
-        key = f"manifests/{split}.manifest"
+        lines = []
+        for i in range(count):
+            key = f"{prefix}images/{split}/{i % 2}/{split}_{i:06d}.jpg"
+            body = patch_jpeg(i % 2, zlib.crc32(key.encode()))
+            clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+            lines.append(json.dumps({"source-ref": f"s3://{BUCKET}/{key}", "class": str(i % 2)}))
+        key = f"{prefix}manifests/{split}.manifest"
         clients.s3.put_object(Bucket=BUCKET, Key=key, Body="\n".join(lines) + "\n")
         uris[split], counts[split] = f"s3://{BUCKET}/{key}", count
-    return Manifests(manifests=uris, counts=counts, image_root=f"s3://{BUCKET}/images")
+    return Manifests(manifests=uris, counts=counts, image_root=f"s3://{BUCKET}/{prefix}images")
+
+
+def train_model_in(local: Any, tmp_path: Path, prefix: str = "model/") -> str:
+    """A model trained by a local-mode training job; returns its ``model.tar.gz`` URI."""
+    from pcamflow.sagemaker.trainer import SageMakerTrainer
+
+    clients = local.clients()
+    settings = settings_for(tmp_path)
+    context = context_for(settings, clients, "train",
+                          {"manifests": s3_manifests(clients, count=8, prefix=prefix)})
+    return SageMakerTrainer(progress=False).run(context).uri

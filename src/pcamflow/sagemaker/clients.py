@@ -58,6 +58,7 @@ class AwsClients:
         self.max_attempts = max_attempts
         self.max_pool_connections = max_pool_connections
         self.endpoint_urls = dict(endpoint_urls or {})
+        self.local_mode = False  # set by SageMaker local mode, whose resources end with it
         self._clients: dict[str, Any] = {}
         self._kms: dict[str, str] = {}
 

@@ -143,6 +143,8 @@ class SageMakerDeployer(JobStageOptions, Deployer):
             raise
         if scaling:
             resources["autoscaling"] = scaling
+        if clients.local_mode:  # it ends with the process: teardown on AWS must not touch it
+            resources["local_mode"] = "true"
         endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
                             resources=resources)
         log.info("endpoint %s is InService in %s", deploy.name, clients.region)
@@ -228,6 +230,10 @@ def teardown_endpoint(endpoint: Endpoint, clients: Any, *, wait: bool = True) ->
         raise ConfigError(
             f"endpoint {endpoint.name}: not a SageMaker endpoint ({endpoint.backend})"
         )
+    if endpoint.resources.get("local_mode") and not getattr(clients, "local_mode", False):
+        log.info("endpoint %s ran in SageMaker local mode and ended with it: nothing to delete "
+                 "on AWS", endpoint.name)
+        return []
     sagemaker = clients.sagemaker
     deleted: list[str] = []
     steps: list[tuple[str, str | None, Callable[[str], Any]]] = [

@@ -96,6 +96,8 @@ def training_request(
     tuning: TuningResult | None,
     name: str,
     tuned_names: Any = (),
+    *,
+    planned: bool = False,
 ) -> dict[str, Any]:
     """The ``CreateTrainingJob`` request of the trainer stage in ``context``.
 
@@ -108,15 +110,16 @@ def training_request(
         tuning: the tuning result whose values to apply, if any.
         name: the training job's name.
         tuned_names: hyperparameters a tuning job will choose (the plan shows placeholders).
+        planned: for the plan: no run id is made (``<run id>`` until the run has one).
     """
+    from pcamflow.sagemaker.planning import planned_root
     from pcamflow.sagemaker.requests import training_job_request
-    from pcamflow.sagemaker.s3 import run_prefix
+    from pcamflow.sagemaker.s3 import run_root
 
     settings = context.settings
     hyperparameters = training_hyperparameters(settings.train.hyperparameters, manifests, tuning)
     hyperparameters.update({k: TUNED for k in tuned_names})
-    root = run_prefix(resolved.bucket, settings.aws.prefix, context.run_dir,
-                      context.run_id or "<run id>")
+    root = planned_root(context, resolved) if planned else run_root(context, resolved.bucket)
     output = root.join(context.stage_name or "train", "output")
     return training_job_request(name, hyperparameters, manifests.manifests, str(output),
                                 settings.aws, resolved)
@@ -165,7 +168,7 @@ class SageMakerTrainer(JobStageOptions, Trainer):
         pending = () if tuning is not None or "tuner" not in settings.pipeline.stage_names() \
             else tuple(sorted(settings.tune.ranges))
         request = training_request(context, resolved, manifests, tuning,
-                                   job_name(settings.aws.prefix, "train"), pending)
+                                   job_name(settings.aws.prefix, "train"), pending, planned=True)
         planner.request("sagemaker", "CreateTrainingJob", request)
         hp = settings.train.hyperparameters
         planner.warnings += depth_warnings(hp.num_layers, hp.image_shape)

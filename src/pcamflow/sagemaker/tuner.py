@@ -29,14 +29,16 @@ log = logging.getLogger(__name__)
 
 
 def tuning_request(
-    context: Context, resolved: Any, manifests: Manifests, name: str
+    context: Context, resolved: Any, manifests: Manifests, name: str, *, planned: bool = False
 ) -> dict[str, Any]:
     """The ``CreateHyperParameterTuningJob`` request of the tuner stage in ``context``.
 
-    Both :meth:`SageMakerTuner.run` and :meth:`SageMakerTuner.plan` build it here.
+    Both :meth:`SageMakerTuner.run` and :meth:`SageMakerTuner.plan` (``planned``) build it
+    here.
     """
+    from pcamflow.sagemaker.planning import planned_root
     from pcamflow.sagemaker.requests import tuning_job_request
-    from pcamflow.sagemaker.s3 import run_prefix
+    from pcamflow.sagemaker.s3 import run_root
     from pcamflow.sagemaker.trainer import training_hyperparameters
 
     settings = context.settings
@@ -45,8 +47,7 @@ def tuning_request(
     if tune.epochs is not None:
         base = attrs.evolve(base, epochs=tune.epochs)
     static = training_hyperparameters(base, manifests)
-    root = run_prefix(resolved.bucket, settings.aws.prefix, context.run_dir,
-                      context.run_id or "<run id>")
+    root = planned_root(context, resolved) if planned else run_root(context, resolved.bucket)
     output = root.join(context.stage_name or "tune", "output")
     return tuning_job_request(name, tune, static, manifests.manifests, str(output),
                               settings.aws, resolved)
@@ -94,8 +95,8 @@ class SageMakerTuner(JobStageOptions, Tuner):
                 counts=counts)
         if estimated:
             planner.notes.append(estimated)
-        request = tuning_request(context, resolved, manifests, job_name(settings.aws.prefix,
-                                                                        "tune"))
+        request = tuning_request(context, resolved, manifests,
+                                 job_name(settings.aws.prefix, "tune"), planned=True)
         planner.request("sagemaker", "CreateHyperParameterTuningJob", request)
         hp = settings.train.hyperparameters
         planner.warnings += depth_warnings(hp.num_layers, hp.image_shape)
