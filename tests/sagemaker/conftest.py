@@ -91,23 +91,12 @@ def shared_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def aws(aws_env: dict[str, str]) -> Iterator[Any]:
-    """:class:`AwsClients` on moto, with a bucket; sagemaker-core shares the session."""
-    from sm_helpers import drop_empty
-
+    """:class:`AwsClients` on moto alone, with a bucket: for tests that start no job."""
     from pcamflow.sagemaker.clients import AwsClients
 
     with moto.mock_aws():
-        session = boto3.Session(region_name=REGION)
-        for operation, keys in {
-            "DescribeModel": ("VpcConfig",),
-            "DescribeEndpointConfig": ("DataCaptureConfig", "VpcConfig"),
-            "DescribeEndpoint": ("DataCaptureConfig",),
-        }.items():
-            session.events.register(f"after-call.sagemaker.{operation}", drop_empty(keys))
-        clients = AwsClients(session, max_attempts=4)
+        clients = AwsClients(boto3.Session(region_name=REGION), max_attempts=4)
         clients.s3.create_bucket(
             Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
         )
         yield clients
-
-

@@ -1,8 +1,7 @@
-"""Helpers of the SageMaker tests (moto answers, settings, contexts, manifests in S3)."""
+"""Helpers of the SageMaker tests (settings, contexts, images and manifests in S3, a model)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,53 +10,6 @@ BUCKET = "pcamflow-test-bucket"
 ROLE = "arn:aws:iam::123456789012:role/pcamflow-sagemaker"
 ACCESS_KEY = "AKIAPCAMFLOWTEST0001"
 SECRET_KEY = "pcamflowFakeSecretKeyThatMustNeverBeLogged01"
-
-
-def drop_empty(keys: tuple[str, ...]) -> Callable[..., None]:
-    """An answer hook dropping moto's empty ``keys`` dicts (and giving DescribeEndpoint's
-    data capture the summary shape SageMaker answers with)."""
-
-    def handler(parsed: dict[str, Any], **kwargs: Any) -> None:
-        for key in keys:
-            if parsed.get(key) == {}:
-                del parsed[key]
-        capture = parsed.get("DataCaptureConfig")
-        if "EndpointStatus" in parsed and capture and "CaptureStatus" not in capture:
-            parsed["DataCaptureConfig"] = {
-                "EnableCapture": capture.get("EnableCapture", True),
-                "CaptureStatus": "Started",
-                "CurrentSamplingPercentage": capture.get("InitialSamplingPercentage", 100),
-                "DestinationS3Uri": capture.get("DestinationS3Uri", ""),
-                **({"KmsKeyId": capture["KmsKeyId"]} if "KmsKeyId" in capture else {}),
-            }
-
-    return handler
-
-
-def patch_answer(session: Any, operation: str, change: Callable[[dict[str, Any]], None]) -> None:
-    """Let ``change`` edit every parsed answer of a SageMaker ``operation`` (e.g. to fail it)."""
-
-    def handler(parsed: dict[str, Any], **kwargs: Any) -> None:
-        change(parsed)
-
-    session.events.register(f"after-call.sagemaker.{operation}", handler)
-
-
-def fake_answer(session: Any, operation: str, answer: Callable[[dict[str, Any]], dict[str, Any]],
-                calls: list[dict[str, Any]] | None = None) -> None:
-    """Answer a SageMaker ``operation`` moto lacks with ``answer(params)``, recording calls."""
-    import json
-
-    from botocore.awsrequest import AWSResponse
-
-    def handler(params: dict[str, Any], **kwargs: Any) -> Any:
-        body = params.get("body") or b"{}"
-        request = json.loads(body.decode() if isinstance(body, bytes) else body)
-        if calls is not None:
-            calls.append(request)
-        return AWSResponse(None, 200, {}, None), answer(request)
-
-    session.events.register(f"before-call.sagemaker.{operation}", handler)
 
 
 def kms_alias(clients: Any, alias: str = "alias/pcam") -> str:

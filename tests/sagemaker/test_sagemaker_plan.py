@@ -137,17 +137,18 @@ def test_a_small_image_depth_at_a_larger_size_is_a_plan_warning(
     assert "warning: train.num_layers: 20" in format_plan(plan)
 
 
-def test_the_planned_training_request_is_the_one_sent(aws: Any, tmp_path: Path) -> None:
+def test_the_planned_training_request_is_the_one_sent(local: Any, tmp_path: Path) -> None:
     """Plan and run share the trainer's request builder: only the job's name differs."""
     from pcamflow.sagemaker.trainer import SageMakerTrainer
 
+    clients = local.clients()
     settings = settings_for(tmp_path, train={"epochs": 2})
-    context = context_for(settings, aws, "train", {"manifests": s3_manifests(aws)})
+    context = context_for(settings, clients, "train", {"manifests": s3_manifests(clients)})
     trainer = SageMakerTrainer(progress=False)
     planned = next(r for r in trainer.plan(context).requests
                    if r.operation == "CreateTrainingJob").params
     model = trainer.run(context)
-    sent = aws.sagemaker.describe_training_job(TrainingJobName=model.job_name)
+    sent = clients.sagemaker.describe_training_job(TrainingJobName=model.job_name)
     for key in ("HyperParameters", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
                 "RoleArn", "StoppingCondition"):
         assert planned[key] == sent[key], key

@@ -119,14 +119,16 @@ class SageMakerDeployer(JobStageOptions, Deployer):
         model_name = requests["model"]["ModelName"]
         config_name = requests["endpoint_config"]["EndpointConfigName"]
         resources = {"model": model_name, "endpoint_config": config_name}
-        created: dict[str, str] = {}  # only what this run made is deleted if it fails
+        # what this run asks for is deleted if it fails; each is noted before it is asked for,
+        # so that a Ctrl-C between the request and its answer leaves nothing behind
+        created: dict[str, str] = {}
         try:
-            jobs.create("model", requests["model"], clients)
             created["model"] = model_name
-            jobs.create("endpoint_config", requests["endpoint_config"], clients)
+            jobs.create("model", requests["model"], clients)
             created["endpoint_config"] = config_name
-            live = jobs.create("endpoint", requests["endpoint"], clients)
+            jobs.create("endpoint_config", requests["endpoint_config"], clients)
             created["endpoint"] = deploy.name
+            live = _create_endpoint(requests["endpoint"], clients, created)
             jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
             scaling = _autoscale(clients, deploy.name, requests["scaling"], created)
         except KeyboardInterrupt:
@@ -154,6 +156,17 @@ class SageMakerDeployer(JobStageOptions, Deployer):
         from pcamflow.sagemaker.clients import clients_for
 
         teardown_endpoint(endpoint, clients_for(context))
+
+
+def _create_endpoint(request: dict[str, Any], clients: Any, created: dict[str, str]) -> Any:
+    """``CreateEndpoint``; refused, the endpoint is not this run's to delete."""
+    from pcamflow.sagemaker import jobs
+
+    try:
+        return jobs.create("endpoint", request, clients)
+    except AwsError:  # e.g. it exists already: someone else's, so leave it alone
+        del created["endpoint"]
+        raise
 
 
 def _check_free(clients: Any, name: str) -> None:

@@ -230,21 +230,21 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         from pcamflow.artifacts import Endpoint
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import resolve
-        from pcamflow.sagemaker.deployer import teardown_endpoint
+        from pcamflow.sagemaker.deployer import _create_endpoint, teardown_endpoint
 
         aws = context.settings.aws
         _check_model(model)
         resolved = resolve(clients, aws)
         requests = evaluation_requests(context, resolved, model.uri, "", "")
         name = requests["endpoint"]["EndpointName"]
-        created: dict[str, str] = {}
+        created: dict[str, str] = {}  # noted before each request: see the deployer
         try:
-            jobs.create("model", requests["model"], clients)
             created["model"] = requests["model"]["ModelName"]
-            jobs.create("endpoint_config", requests["endpoint_config"], clients)
+            jobs.create("model", requests["model"], clients)
             created["endpoint_config"] = requests["endpoint_config"]["EndpointConfigName"]
-            live = jobs.create("endpoint", requests["endpoint"], clients)
+            jobs.create("endpoint_config", requests["endpoint_config"], clients)
             created["endpoint"] = name
+            live = _create_endpoint(requests["endpoint"], clients, created)
             jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
             return _invoke_each(clients, name, refs, aws, self.progress)
         finally:

@@ -69,6 +69,8 @@ def job_handlers(emulator: Any) -> dict[str, Handler]:
 
     def create_training(request: dict[str, Any]) -> dict[str, Any]:
         check_training(request)
+        for warning in emulator.check_role(str(request.get("RoleArn", ""))):
+            emulator.warn(f"training job {request['TrainingJobName']}: {warning}")
         if store.get("training", request["TrainingJobName"]):
             raise Refused(f"Training job names must be unique within an AWS account and "
                           f"region, and a training job with this name already exists "
@@ -84,7 +86,8 @@ def job_handlers(emulator: Any) -> dict[str, Handler]:
                                                                [])]
         states = {p: (store.get("tuning", p).status if store.get("tuning", p) else None)
                   for p in parents}
-        for warning in check_tuning(request, states):
+        role = str(request.get("TrainingJobDefinition", {}).get("RoleArn", ""))
+        for warning in [*check_tuning(request, states), *emulator.check_role(role)]:
             emulator.warn(f"tuning job {request['HyperParameterTuningJobName']}: {warning}")
         name = request["HyperParameterTuningJobName"]
         if store.get("tuning", name):

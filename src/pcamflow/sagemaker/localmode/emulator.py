@@ -82,8 +82,11 @@ class LocalMode:
         try:
             admin = boto3.Session(region_name=self.region)
             self.account = admin.client("sts").get_caller_identity()["Account"]
-            role = admin.client("iam").create_role(RoleName=ROLE_NAME,
-                                                   AssumeRolePolicyDocument=_TRUST)["Role"]
+            iam = admin.client("iam")
+            try:
+                role = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST)["Role"]
+            except iam.exceptions.EntityAlreadyExistsException:  # another local mode's moto
+                role = iam.get_role(RoleName=ROLE_NAME)["Role"]
             self.role_arn = role["Arn"]
             creds = admin.client("sts").assume_role(
                 RoleArn=self.role_arn, RoleSessionName="pcamflow-local-mode")["Credentials"]
@@ -221,6 +224,21 @@ class LocalMode:
             return False
         return True
 
+    def check_role(self, arn: str) -> list[str]:
+        """The role warning: ``arn`` should be an IAM role that SageMaker may assume."""
+        import json
+
+        try:
+            role = self.session.client("iam").get_role(RoleName=arn.rsplit("/", 1)[-1])["Role"]
+        except Exception:  # botocore ClientError: NoSuchEntity
+            return [f"role {arn} does not exist: SageMaker could not assume it"]
+        trust = role.get("AssumeRolePolicyDocument", "")
+        if "sagemaker.amazonaws.com" not in (trust if isinstance(trust, str)
+                                             else json.dumps(trust)):
+            return [f"role {arn} does not trust sagemaker.amazonaws.com: SageMaker could not "
+                    "assume it"]
+        return []
+
     def check_model(self, request: dict[str, Any]) -> list[str]:
         """``CreateModel``: only the algorithm's image runs here; its model data should exist."""
         from pcamflow.sagemaker.requests import ALGORITHM
@@ -231,14 +249,15 @@ class LocalMode:
         if f"/{ALGORITHM}:" not in image:
             raise Refused(f"local mode runs the built-in Image Classification algorithm only; "
                           f"the image {image!r} is not it")
+        warnings = self.check_role(str(request.get("ExecutionRoleArn", "")))
         data = str(container.get("ModelDataUrl", ""))
         try:
             location = S3Uri.parse(data)
             self.s3.head_object(Bucket=location.bucket, Key=location.key)
         except Exception:  # botocore ClientError (404), or not an s3:// URI
-            return [f"model {request.get('ModelName')}: no model data at {data} (SageMaker "
-                    "reports this when the model is used)"]
-        return []
+            warnings.append(f"model {request.get('ModelName')}: no model data at {data} "
+                            "(SageMaker reports this when the model is used)")
+        return warnings
 
     def loaded_model(self, name: str) -> Any:
         """The SageMaker model ``name``, loaded with the local engine (cached by its data)."""

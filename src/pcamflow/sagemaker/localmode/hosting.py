@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from fastapi import Request, Response  # module level: FastAPI reads the route's annotations
+
 from pcamflow.sagemaker.algorithm import BATCH_ACCEPT, INFERENCE_CONTENT_TYPES
 
 __all__ = ["MAX_BODY_BYTES", "Gateway", "format_answer"]
@@ -73,7 +75,7 @@ class Gateway:
                             headers={"x-amzn-ErrorType": kind})
 
     def _app(self) -> Any:
-        from fastapi import FastAPI, Request, Response
+        from fastapi import FastAPI
         from starlette.concurrency import run_in_threadpool
 
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)

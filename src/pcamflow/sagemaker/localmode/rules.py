@@ -48,17 +48,29 @@ _MXNET = ("https://github.com/apache/mxnet/blob/master/example/image-classificat
 
 @attrs.frozen
 class Rule:
-    """One rule: what it says, how it is enforced, and where AWS says so."""
+    """One rule: what it says, how it is enforced, and where AWS says so.
+
+    Attributes:
+        id: a short name.
+        severity: ``error`` (documented) or ``warning`` (inferred).
+        text: the rule.
+        page: the AWS documentation page(s), or the source, it comes from.
+        enforced: how local mode holds a request to it.
+    """
 
     id: str
-    severity: str  # "error" or "warning"
+    severity: str
     text: str
     page: str
+    enforced: str = "refused: ValidationException"
 
+
+_FAILS = "job fails: ClientError"
+_WARNS = "warning: logged, in the job log"
 
 RULES = (
     Rule("training-instance", "error", "Training runs on the GPU families P2, P3, G4dn and G5 "
-         "only (CPU instances serve inference)", f"{_IC}#IC-instances"),
+         "only (CPU instances serve inference)", f"{_IC}#IC-instances", _FAILS),
     Rule("volume-key-format", "error", "`ResourceConfig.VolumeKmsKeyId` (training, tuning) is a "
          "KMS key ID or key ARN, not an alias", f"{_API}API_ResourceConfig.html"),
     Rule("volume-key-local-storage", "error", "No `VolumeKmsKeyId` (training, tuning, "
@@ -66,18 +78,19 @@ RULES = (
          f"{_API}API_ResourceConfig.html, API_TransformResources.html, "
          "API_CreateEndpointConfig.html"),
     Rule("channels", "error", "Training needs a `train` and a `validation` channel",
-         f"{_IC}#IC-inputoutput"),
+         f"{_IC}#IC-inputoutput", _FAILS),
     Rule("pipe-content-type", "error", "Pipe mode takes `application/x-recordio`, or images "
-         "through an augmented manifest", f"{_IC}#IC-inputoutput"),
+         "through an augmented manifest", f"{_IC}#IC-inputoutput", _FAILS),
     Rule("record-wrapper", "error", "An augmented-manifest channel sets `RecordWrapperType` to "
-         "`RecordIO`", f"{_IC}#IC-augmented-manifest-training"),
+         "`RecordIO`", f"{_IC}#IC-augmented-manifest-training", _FAILS),
     Rule("attribute-names", "error", "An augmented manifest's `AttributeNames` are two, the "
-         "image reference first, then the label", f"{_IC}#IC-augmented-manifest-training"),
+         "image reference first, then the label", f"{_IC}#IC-augmented-manifest-training",
+         _FAILS),
     Rule("fully-replicated", "error", "RecordIO in Pipe mode needs `S3DataDistributionType = "
-         "FullyReplicated`", f"{_IC}#IC-inputoutput"),
+         "FullyReplicated`", f"{_IC}#IC-inputoutput", _FAILS),
     Rule("hyperparameters", "error", "Hyperparameters are the algorithm's, with their allowed "
          "values; `num_classes` and `num_training_samples` are required",
-         f"{_DG}IC-Hyperparameter.html"),
+         f"{_DG}IC-Hyperparameter.html", _FAILS),
     Rule("spot-wait", "error", "With managed spot training, `MaxWaitTimeInSeconds` is at least "
          "`MaxRuntimeInSeconds`", f"{_API}API_StoppingCondition.html"),
     Rule("job-name", "error", "Job names match `^[a-zA-Z0-9](-*[a-zA-Z0-9])*`: 63 characters at "
@@ -95,29 +108,32 @@ RULES = (
          f"{_DG}automatic-model-tuning-warm-start.html"),
     Rule("tuning-early-stopping", "error", "`Auto` early stopping stops a training job whose "
          "objective after an epoch is worse than the median of the earlier jobs' running "
-         "averages up to that epoch", f"{_DG}automatic-model-tuning-early-stopping.html"),
+         "averages up to that epoch", f"{_DG}automatic-model-tuning-early-stopping.html",
+         "behaviour: the job is Stopped"),
     Rule("payload", "error", "Built-in algorithms do not take `MaxPayloadInMB = 0`; an object "
-         "larger than `MaxPayloadInMB` fails the transform", f"{_DG}batch-transform.html"),
+         "larger than `MaxPayloadInMB` fails the transform", f"{_DG}batch-transform.html",
+         "refused (0); the object fails the job"),
     Rule("transform-output", "error", "Each input object's answer is `<S3OutputPath>/<key "
          "relative to the input prefix>.out`, written only when it succeeded",
-         f"{_API}API_TransformOutput.html"),
+         f"{_API}API_TransformOutput.html", "behaviour: the output layout"),
     Rule("answer-format", "error", "Inference takes `image/jpeg`, `image/png`, "
          "`application/x-image`; answers a JSON list (`application/json`) or "
-         "`{\"prediction\": [...]}` (`application/jsonlines`)", f"{_IC}#IC-inference"),
+         "`{\"prediction\": [...]}` (`application/jsonlines`)", f"{_IC}#IC-inference",
+         "behaviour: the answers; other bodies fail"),
     Rule("invoke-errors", "error", "`InvokeEndpoint` of a missing endpoint is a "
          "`ValidationError`; a container's 4xx/5xx is a `ModelError` (424)",
-         f"{_API}API_runtime_InvokeEndpoint.html"),
+         f"{_API}API_runtime_InvokeEndpoint.html", "runtime: ValidationError, ModelError"),
     Rule("depth-size", "warning", "Depths 20, 32, 44, 56, 110 build for images of 28 px or "
-         "less, 18, 34, 101 above that (MXNet's ResNet builder)", _MXNET),
+         "less, 18, 34, 101 above that (MXNet's ResNet builder)", _MXNET, _WARNS),
     Rule("resize", "warning", "`resize` applies to `application/x-image` channels",
-         f"{_DG}IC-Hyperparameter.html"),
+         f"{_DG}IC-Hyperparameter.html", _WARNS),
     Rule("tunable", "warning", "The tunable hyperparameters are beta_1, beta_2, eps, gamma, "
          "learning_rate, mini_batch_size, momentum, optimizer, weight_decay",
-         f"{_DG}IC-tuning.html"),
+         f"{_DG}IC-tuning.html", _WARNS),
     Rule("accept", "warning", "An `Accept` other than JSON or JSON Lines is undocumented; "
-         "JSON is answered", f"{_IC}#IC-inference"),
+         "JSON is answered", f"{_IC}#IC-inference", _WARNS),
     Rule("role", "warning", "The execution role exists and trusts `sagemaker.amazonaws.com`",
-         f"{_DG}sagemaker-roles.html"),
+         f"{_DG}sagemaker-roles.html", _WARNS),
 )
 """Every rule local mode holds requests to."""
 

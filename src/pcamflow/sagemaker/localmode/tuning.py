@@ -31,7 +31,7 @@ from typing import Any
 from pcamflow.sagemaker.localmode.records import Job
 from pcamflow.sagemaker.localmode.training import EarlyStop, run_training_job
 
-__all__ = ["run_tuning_job", "trial_name"]
+__all__ = ["hyperband_stop", "median_stop", "run_tuning_job", "trial_name"]
 
 _ETA = 3
 
@@ -90,6 +90,33 @@ class _Space:
                 for combo in itertools.product(*(self.categories[n] for n in names))]
 
 
+def median_stop(curves: list[list[float]], epoch: int, value: float) -> bool:
+    """``Auto`` early stopping: whether a job whose objective after ``epoch`` is ``value``
+    stops, given the objective curves of the jobs before it.
+
+    "Compute the running average of the objective metric for all previous training jobs up
+    to the same epoch, and then compute the median of all of the running averages. If the
+    value ... for the current training job is worse (lower when maximizing) than the median
+    value ..., SageMaker stops the current training job." (Stop Training Jobs Early)
+    """
+    averages = [statistics.fmean(c[: epoch + 1]) for c in curves if len(c) > epoch]
+    return bool(averages) and value < statistics.median(averages)
+
+
+def hyperband_stop(rungs: dict[int, list[float]], epochs_done: int, value: float,
+                   min_resource: int) -> bool:
+    """Hyperband's stop at a rung (``min_resource * 3**k`` epochs): whether a job whose
+    objective there is ``value`` stops, its value added to those of the rung."""
+    if epochs_done < min_resource or not math.log(epochs_done / min_resource, _ETA).is_integer():
+        return False
+    reached = rungs.setdefault(epochs_done, [])
+    reached.append(value)
+    if len(reached) < _ETA:
+        return False
+    keep = max(1, len(reached) // _ETA)
+    return value < sorted(reached, reverse=True)[keep - 1]
+
+
 def _objective(trial: Job) -> float | None:
     for metric in trial.extra.get("final_metrics", []):
         if metric["MetricName"] == "validation:accuracy":
@@ -142,19 +169,11 @@ def run_tuning_job(emulator: Any, job: Job) -> None:
             seen.append(value)
             if job.stop_requested:
                 raise EarlyStop
-            if early and curves:
-                averages = [statistics.fmean(c[: epoch + 1]) for c in curves if len(c) > epoch]
-                if averages and value < statistics.median(averages):
-                    raise EarlyStop
-            if hyperband:
-                low = int(hyperband.get("MinResource", 1))
-                done = epoch + 1
-                if done >= low and math.log(done / low, _ETA).is_integer():
-                    reached = rungs.setdefault(done, [])
-                    reached.append(value)
-                    keep = max(1, len(reached) // _ETA)
-                    if len(reached) >= _ETA and value < sorted(reached, reverse=True)[keep - 1]:
-                        raise EarlyStop
+            if early and median_stop(curves, epoch, value):
+                raise EarlyStop
+            if hyperband and hyperband_stop(rungs, epoch + 1, value,
+                                            int(hyperband.get("MinResource", 1))):
+                raise EarlyStop
 
         run_training_job(emulator, trial, on_epoch=hook)
         value = _objective(trial)
