@@ -8,10 +8,11 @@ usage and settings errors, 1 for failures while running; ``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pcamflow.errors import ConfigError, PcamflowError, exit_code
 
@@ -46,16 +47,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
-    # every stage answers for what it would spend: no stage is trusted by its name
-    _spend_guard(pipeline.plan(settings), args.config, args.yes)
-    result = pipeline.run(
-        settings,
-        force=args.force,
-        from_stage=getattr(args, "from"),
-        only=args.only,
-    )
-    _print_result(result)
+    with _services(args, settings) as services:
+        # every stage answers for what it would spend: no stage is trusted by its name
+        _spend_guard(pipeline.plan(settings, services), args.config, args.yes)
+        result = pipeline.run(
+            settings,
+            force=args.force,
+            from_stage=getattr(args, "from"),
+            only=args.only,
+            services=services,
+        )
+        _print_result(result)
     return 0
+
+
+@contextlib.contextmanager
+def _services(args: argparse.Namespace, settings) -> Iterator[dict[str, object]]:
+    """The services a command runs with: SageMaker local mode's, with ``--local-mode``."""
+    if not getattr(args, "local_mode", False):
+        yield {}
+        return
+    from pcamflow.commands.sagemaker import local_mode
+
+    with local_mode(settings, progress=not args.quiet) as services:
+        yield services
 
 
 def _print_result(result) -> None:
@@ -75,15 +90,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
-    plan = pipeline.plan(settings)
-    print(json.dumps(plan_to_dict(plan), indent=2) if args.json else format_plan(plan))
-    if not args.run:
-        return 0
-    if plan.spends and not args.yes:
-        total = f"about {plan.total:.2f} USD" if plan.total is not None else "money"
-        print(f"pcamflow: this run would spend {total}; add --yes to run it", file=sys.stderr)
-        return 2
-    _print_result(pipeline.run(settings))
+    with _services(args, settings) as services:
+        plan = pipeline.plan(settings, services)
+        print(json.dumps(plan_to_dict(plan), indent=2) if args.json else format_plan(plan))
+        if not args.run:
+            return 0
+        if plan.spends and not args.yes:
+            total = f"about {plan.total:.2f} USD" if plan.total is not None else "money"
+            print(f"pcamflow: this run would spend {total}; add --yes to run it",
+                  file=sys.stderr)
+            return 2
+        _print_result(pipeline.run(settings, services=services))
     return 0
 
 
@@ -133,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="STAGE", help="run just this stage")
     p.add_argument("--yes", action="store_true",
                    help="allow a run that starts paid resources or sends billed requests")
+    p.add_argument("--local-mode", action="store_true",
+                   help="SageMaker local mode: the SageMaker stages run on this machine "
+                   "against an emulator of AWS and the built-in algorithm; nothing is spent "
+                   "(needs pcamflow[localmode])")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -147,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--run", action="store_true", help="run the pipeline after the plan")
     p.add_argument("--yes", action="store_true", help="confirm a run that spends money")
+    p.add_argument("--local-mode", action="store_true",
+                   help="SageMaker local mode: the SageMaker stages run on this machine")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("validate", help="check a settings file without running anything")

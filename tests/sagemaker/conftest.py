@@ -56,7 +56,7 @@ def _start_local() -> Any:
     pytest.importorskip("torch")
     from pcamflow.sagemaker.localmode import LocalMode
 
-    local = LocalMode(region=REGION).start()
+    local = LocalMode(region=REGION, threads=1).start()  # the test machine is shared
     iam = local.session.client("iam")
     # the execution role the tests' settings name, trusted by SageMaker
     iam.create_role(RoleName=ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument=(

@@ -57,3 +57,49 @@ def test_the_whole_pipeline_runs_resumes_and_tears_down(
     teardown_endpoint(endpoint, clients, wait=False)
     assert clients.sagemaker.list_endpoints()["Endpoints"] == []
     assert local.warnings == []
+
+
+def test_pcamflow_run_with_local_mode_spends_nothing_and_needs_no_yes(
+    aws_env: Any, tmp_path: Path, pcam_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from pcamflow.cli import main
+
+    run = tmp_path / "run"
+    config = tmp_path / "settings.toml"
+    config.write_text(f"""
+[pipeline]
+run_dir = "{run}"
+converter = "sagemaker"
+manifest_builder = "sagemaker"
+trainer = "sagemaker"
+evaluator = "none"
+[data]
+source = "{pcam_dir}"
+[convert]
+workers = 1
+[manifests]
+max_per_class = 4
+[train]
+num_layers = 20
+image_shape = "3,28,28"
+epochs = 1
+mini_batch_size = 8
+[aws]
+region = "eu-west-1"
+[aws.prices]
+"ml.p3.2xlarge" = 3.825
+""")
+    assert main(["run", str(config)]) == 2  # on AWS this would spend: --yes
+    assert "--yes" in capsys.readouterr().err
+    assert main(["plan", str(config), "--local-mode"]) == 0
+    planned = capsys.readouterr().out
+    assert "CreateTrainingJob" in planned and "nothing is billed" in planned
+    assert main(["run", str(config), "--local-mode"]) == 0
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert [s["status"] for s in stages.values()] == ["completed"] * 3
+    model = stages["train"]["artifact"]
+    # no role, no bucket set: the execution role and the default bucket, as in a notebook
+    assert model["uri"].startswith("s3://sagemaker-eu-west-1-123456789012/pcamflow/run-")
+    assert model["job_name"].startswith("pcamflow-train-")

@@ -59,6 +59,7 @@ class AwsClients:
         self.max_pool_connections = max_pool_connections
         self.endpoint_urls = dict(endpoint_urls or {})
         self.local_mode = False  # set by SageMaker local mode, whose resources end with it
+        self.max_poll_s: float | None = None
         self._clients: dict[str, Any] = {}
         self._kms: dict[str, str] = {}
 
@@ -74,6 +75,13 @@ class AwsClients:
             max_attempts=aws.max_attempts,
             max_pool_connections=max(10, aws.upload_workers),
         )
+
+    def poll_s(self, aws: AwsSettings) -> float:
+        """Seconds between status checks: ``aws.poll_s``, at most ``max_poll_s`` if set
+        (local mode's jobs are checked often: they run on this machine)."""
+        if self.max_poll_s is None:
+            return float(aws.poll_s)
+        return min(float(aws.poll_s), self.max_poll_s)
 
     @property
     def region(self) -> str:

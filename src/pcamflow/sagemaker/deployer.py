@@ -129,7 +129,7 @@ class SageMakerDeployer(JobStageOptions, Deployer):
             jobs.create("endpoint_config", requests["endpoint_config"], clients)
             created["endpoint"] = deploy.name
             live = _create_endpoint(requests["endpoint"], clients, created)
-            jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
+            jobs.wait("endpoint", live, poll_s=clients.poll_s(aws), progress=self.progress)
             scaling = _autoscale(clients, deploy.name, requests["scaling"], created)
         except KeyboardInterrupt:
             ask = self.ask or jobs.ask_on_terminal

@@ -216,7 +216,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         jobs.create("model", requests["model"], clients)
         try:
             job = jobs.create("transform", requests["transform"], clients)
-            jobs.wait("transform", job, poll_s=aws.poll_s, progress=self.progress,
+            jobs.wait("transform", job, poll_s=clients.poll_s(aws), progress=self.progress,
                       **({"ask": self.ask} if self.ask else {}))
         finally:
             _delete_model(clients, model_name)
@@ -245,7 +245,7 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
             jobs.create("endpoint_config", requests["endpoint_config"], clients)
             created["endpoint"] = name
             live = _create_endpoint(requests["endpoint"], clients, created)
-            jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
+            jobs.wait("endpoint", live, poll_s=clients.poll_s(aws), progress=self.progress)
             return _invoke_each(clients, name, refs, aws, self.progress)
         finally:
             temporary = Endpoint(name=created.get("endpoint", ""), backend="sagemaker",

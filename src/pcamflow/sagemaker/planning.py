@@ -140,6 +140,8 @@ class StagePlanner:
         self.stage = context.stage_name or "stage"
         self.aws = context.settings.aws
         self.region = region
+        # in local mode nothing is billed: the requests are shown, at no cost
+        self.free = bool(getattr(context.service("aws"), "local_mode", False))
         self.requests: list[PlannedRequest] = []
         self.costs: list[CostLine] = []
         self.notes: list[str] = []
@@ -158,6 +160,8 @@ class StagePlanner:
         if count <= 0:
             return
         self.request(service, operation, params, count)
+        if self.free:
+            return
         key = f"{service}:{operation}"
         if key in self.aws.request_prices:
             price, region = self.aws.request_prices[key], self.aws.prices_region
@@ -169,6 +173,8 @@ class StagePlanner:
     def instance_hours(self, instance_type: str, instances: int, hours: float,
                        note: str = "") -> None:
         """Instances billed per hour, priced from ``aws.prices``."""
+        if self.free:
+            return
         self.costs.append(CostLine(self.stage, instance_type, instances * hours,
                                    "instance-hour", self.aws.prices.get(instance_type),
                                    self.aws.prices_region, note))
@@ -188,6 +194,9 @@ class StagePlanner:
         if problems:
             raise ConfigError("the plan has invalid requests:\n" + "\n".join(problems))
         notes = list(self.notes)
+        if self.free:
+            notes.append("SageMaker local mode: these requests go to this machine; nothing is "
+                         "billed")
         used = {c.price_region for c in self.costs if c.price is not None}
         if any(c.price is not None and c.unit == "instance-hour" and c.price_region is None
                for c in self.costs):

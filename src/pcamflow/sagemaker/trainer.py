@@ -199,7 +199,7 @@ class SageMakerTrainer(JobStageOptions, Trainer):
                                    job_name(aws.prefix, "train"))
         job = jobs.attach_or_create("training", request, clients, context.stage_dir)
         job = jobs.wait(
-            "training", job, poll_s=aws.poll_s, progress=self.progress,
+            "training", job, poll_s=clients.poll_s(aws), progress=self.progress,
             describe=_last_metrics, **({"ask": self.ask} if self.ask else {}),
         )
         metrics = final_metrics(job)

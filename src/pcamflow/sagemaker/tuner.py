@@ -130,7 +130,7 @@ class SageMakerTuner(JobStageOptions, Tuner):
         total = grid_size(tune) if tune.strategy == "Grid" else tune.max_jobs
         job = jobs.attach_or_create("tuning", request, clients, context.stage_dir)
         job = jobs.wait(
-            "tuning", job, poll_s=aws.poll_s, progress=self.progress,
+            "tuning", job, poll_s=clients.poll_s(aws), progress=self.progress,
             describe=lambda j: _progress_text(j, total),
             **({"ask": self.ask} if self.ask else {}),
         )

@@ -47,12 +47,17 @@ class LocalMode:
         work_dir: where it keeps images read for training and models (default: a temporary
             folder, removed on :meth:`stop`).
         progress: show the local engine's progress bars while a job trains.
+        threads: torch's intra-op threads while local mode runs (process-wide; restored on
+            :meth:`stop`; None: as they are). On a machine shared with other work, 1 avoids
+            the oversubscription that makes every thread wait on the others.
     """
 
     def __init__(self, *, region: str = "us-east-1", work_dir: str | Path | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, threads: int | None = None) -> None:
         self.region = region
         self.progress = progress
+        self.threads = threads
+        self._threads_before: int | None = None
         self._temp = None if work_dir else tempfile.TemporaryDirectory(prefix="pcamflow-lm-")
         self.work_dir = Path(work_dir or self._temp.name)  # type: ignore[union-attr]
         self.store = records.Store()
@@ -77,6 +82,11 @@ class LocalMode:
         from pcamflow.sagemaker.localmode.api import install
         from pcamflow.sagemaker.localmode.hosting import Gateway
 
+        if self.threads:
+            import torch
+
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
         self._mock = moto.mock_aws()
         self._mock.start()
         try:
@@ -128,6 +138,11 @@ class LocalMode:
         if self._temp is not None:
             self._temp.cleanup()
             self._temp = None
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def __enter__(self) -> LocalMode:
         return self.start()
@@ -149,6 +164,7 @@ class LocalMode:
         clients = AwsClients(self.session, max_attempts=max_attempts,
                              endpoint_urls={"sagemaker-runtime": self.runtime_url})
         clients.local_mode = True
+        clients.max_poll_s = 0.5
         return clients
 
     def services(self) -> dict[str, Any]:
