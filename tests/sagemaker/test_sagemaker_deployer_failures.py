@@ -70,3 +70,17 @@ def test_teardown_on_aws_leaves_a_local_mode_endpoint_alone(aws: Any) -> None:
     endpoint = Endpoint(name="pcam-detector", backend="sagemaker",
                         resources={"model": "m", "endpoint_config": "c", "local_mode": "true"})
     assert teardown_endpoint(endpoint, aws, wait=False) == []
+
+
+def test_pcamflow_teardown_of_a_local_mode_endpoint_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pcamflow._io import StageRecord, write_run_record
+    from pcamflow.cli import main
+
+    endpoint = Endpoint(name="pcamflow-detector", backend="sagemaker", region="eu-west-1",
+                        resources={"model": "m", "endpoint_config": "c", "local_mode": "true"})
+    write_run_record(tmp_path, {"deploy": StageRecord(
+        name="deploy", stage="x", status="completed", artifact=endpoint.to_dict())})
+    assert main(["teardown", str(tmp_path)]) == 0  # no credentials, no client: nothing sent
+    assert "ran in local mode and ended with it" in capsys.readouterr().out
