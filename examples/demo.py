@@ -1,24 +1,30 @@
 """The main job: the whole pcamflow pipeline, offline, on synthetic PCam data it makes itself.
 
     python examples/demo.py [--settings examples/local.toml] [--fresh]
+    python examples/demo.py --settings examples/sagemaker_local.toml --local-mode
 
 1. writes synthetic PCam-format HDF5 files (skipped when they are already there);
 2. explores them (montages, class balance, channel statistics, duplicates);
-3. runs the pipeline of ``examples/local.toml``: convert -> manifests -> tune -> train ->
-   evaluate -> deploy (a re-run resumes, skipping complete stages);
+3. runs the pipeline of the settings: convert -> manifests -> tune -> train -> evaluate ->
+   deploy (a re-run resumes, skipping complete stages); with ``--local-mode``, the SageMaker
+   stages run in SageMaker local mode on this machine (upload to S3, tuning job, training
+   job, batch transform, endpoint), and nothing is sent to AWS;
 4. prints the test metrics;
-5. asks the local endpoint about a few test patches through a stock boto3 SageMaker runtime
-   client, prints the answers, and tears the endpoint down.
+5. asks the endpoint about a few test patches through a stock boto3 SageMaker runtime client,
+   prints the answers, and tears the endpoint down.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pcamflow import Pipeline, Registry, Settings
 from pcamflow.artifacts import Endpoint, Evaluation, Manifests
@@ -31,34 +37,55 @@ from pcamflow.stages import Context
 SIZES = {"train": 2000, "valid": 500, "test": 500}
 
 
-def ask_endpoint(endpoint: Endpoint, manifests: Manifests, count: int = 6) -> None:
-    """Send ``count`` test patches to the endpoint through boto3, as a SageMaker client would."""
+def test_patches(manifests: Manifests, count: int, s3: Any = None) -> list[tuple[str, bytes, str]]:
+    """The first ``count`` test patches of the manifests: (name, JPEG bytes, true class)."""
+    listing = manifests.manifests["test"]
+    if listing.startswith("s3://"):  # the SageMaker stages keep their manifests in S3
+        from pcamflow.sagemaker.s3 import S3Uri
+
+        where = S3Uri.parse(listing)
+        lines = s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read().decode()
+        refs = [(json.loads(line)["source-ref"], json.loads(line)["class"])
+                for line in lines.splitlines()[:count]]
+        return [(uri.rsplit("/", 1)[-1], s3.get_object(
+            Bucket=S3Uri.parse(uri).bucket, Key=S3Uri.parse(uri).key)["Body"].read(), label)
+                for uri, label in refs]
+    out = []
+    for uri, label in read_manifest(listing)[:count]:
+        path = uri_to_path(uri)
+        out.append((path.name, path.read_bytes(), label))
+    return out
+
+
+def ask_endpoint(name: str, url: str, patches: list[tuple[str, bytes, str]]) -> None:
+    """Send the patches to the endpoint through boto3, as a SageMaker client would."""
     import boto3
 
     runtime = boto3.client(
         "sagemaker-runtime",
-        endpoint_url=endpoint.url,
+        endpoint_url=url,
         region_name="us-east-1",
         aws_access_key_id="local",
         aws_secret_access_key="local",
     )
-    print(f"\nendpoint {endpoint.name} at {endpoint.url}:")
-    for uri, label in read_manifest(manifests.manifests["test"])[:count]:
-        path = uri_to_path(uri)
+    print(f"\nendpoint {name} at {url}:")
+    for image, body, label in patches:
         answer = runtime.invoke_endpoint(
-            EndpointName=endpoint.name,
+            EndpointName=name,
             ContentType="image/jpeg",
             Accept="application/json",
-            Body=path.read_bytes(),
+            Body=body,
         )
         probabilities = answer["Body"].read().decode()
-        print(f"  {path.name}  true class {label}  ->  {probabilities}")
+        print(f"  {image}  true class {label}  ->  {probabilities}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="examples/local.toml")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    parser.add_argument("--local-mode", action="store_true",
+                        help="run the SageMaker stages in SageMaker local mode")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.monotonic()
@@ -76,24 +103,39 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     print(f"pipeline: {' -> '.join(pipeline.names)}")
-    result = pipeline.run(settings)
+    with contextlib.ExitStack() as stack:
+        services: dict[str, Any] = {}
+        if args.local_mode:
+            from pcamflow.sagemaker.localmode import LocalMode
 
-    evaluation = next(a for a in result.artifacts.values() if isinstance(a, Evaluation))
-    print("\ntest metrics:")
-    print(format_metrics_table(evaluation.metrics))
-    print(f"report: {evaluation.report}")
+            # one torch thread: on a machine shared with other work, more only wait
+            local = stack.enter_context(LocalMode(region=settings.aws.region or "us-east-1",
+                                                  threads=1))
+            services = local.services()
+            print(f"SageMaker local mode in {local.region}: nothing is sent to AWS")
+        result = pipeline.run(settings, services=services)
 
-    endpoint = next((a for a in result.artifacts.values() if isinstance(a, Endpoint)), None)
-    if endpoint is not None:
-        manifests = next(a for a in result.artifacts.values() if isinstance(a, Manifests))
-        deployer = pipeline["deploy"]
-        context = Context(settings=settings, run_dir=settings.run_dir,
-                          stage_dir=settings.run_dir / "deploy", stage_name="deploy")
-        try:
-            ask_endpoint(endpoint, manifests)
-        finally:
-            deployer.teardown(endpoint, context)  # type: ignore[attr-defined]
-            print(f"endpoint {endpoint.name} torn down")
+        evaluation = next(a for a in result.artifacts.values() if isinstance(a, Evaluation))
+        print("\ntest metrics:")
+        print(format_metrics_table(evaluation.metrics))
+        print(f"report: {evaluation.report}")
+
+        endpoint = next((a for a in result.artifacts.values() if isinstance(a, Endpoint)), None)
+        if endpoint is not None:
+            manifests = next(a for a in result.artifacts.values() if isinstance(a, Manifests))
+            deployer = pipeline["deploy"]
+            context = Context(settings=settings, run_dir=settings.run_dir,
+                              stage_dir=settings.run_dir / "deploy", stage_name="deploy",
+                              services=services)
+            try:
+                if args.local_mode:
+                    ask_endpoint(endpoint.name, local.runtime_url,
+                                 test_patches(manifests, 6, services["aws"].s3))
+                else:
+                    ask_endpoint(endpoint.name, str(endpoint.url), test_patches(manifests, 6))
+            finally:
+                deployer.teardown(endpoint, context)  # type: ignore[attr-defined]
+                print(f"endpoint {endpoint.name} torn down")
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pcamflow import Pipeline, Registry, Settings
 from pcamflow.artifacts import Endpoint, Evaluation
+from pcamflow.plan import format_plan
 from pcamflow.sagemaker.clients import AwsClients, services_for
 from pcamflow.sagemaker.deployer import teardown_endpoint
-from pcamflow.sagemaker.plan import build_plan, format_plan
 
 
 def main() -> int:
@@ -29,14 +29,13 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = Settings.from_toml(args.config)
-    plan = build_plan(settings)
-    print(format_plan(plan))
+    pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
+    print(format_plan(pipeline.plan(settings)))
     if not args.yes:
         print("\nplan only; add --yes to run it", file=sys.stderr)
         return 0
 
     clients = AwsClients.from_settings(settings.aws)
-    pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     result = pipeline.run(settings, services=services_for(clients))
 
     for artifact in result.artifacts.values():

@@ -73,7 +73,15 @@ def _violations(applies, forbidden: tuple[str, ...]) -> list[str]:
 
 def test_every_module_is_read() -> None:
     names = {_module_name(p) for p in _modules()}
-    assert {"pcamflow.config", "pcamflow.local.training.engine", "pcamflow.cli"} <= names
+    assert {"pcamflow.config", "pcamflow.local.training.engine", "pcamflow.cli",
+            "pcamflow.sagemaker.localmode.training"} <= names
+
+
+def test_local_mode_is_where_the_sagemaker_backend_meets_the_local_one() -> None:
+    """The rule above is not empty: local mode does import the local backend."""
+    found = _violations(lambda m: _within(m, ("pcamflow.sagemaker.localmode",)),
+                        ("pcamflow.local",))
+    assert any("localmode/training.py" in line for line in found)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +92,9 @@ def test_every_module_is_read() -> None:
         ("the core never imports AWS code", _is_core, AWS),
         ("the local backend never imports AWS code",
          lambda m: _within(m, ("pcamflow.local",)), AWS),
+        ("of the SageMaker backend, only local mode imports the local backend",
+         lambda m: _within(m, ("pcamflow.sagemaker",))
+         and not _within(m, ("pcamflow.sagemaker.localmode",)), ("pcamflow.local",)),
         ("stages and libraries never import the command line",
          lambda m: not _within(m, COMMAND_LINE), COMMAND_LINE),
     ],

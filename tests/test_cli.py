@@ -99,7 +99,22 @@ def test_a_run_that_would_spend_on_aws_needs_yes(capsys):
     example = Path(__file__).parents[1] / "examples" / "sagemaker.toml"
     assert main(["run", str(example)]) == 2
     err = capsys.readouterr().err
-    assert "starts paid AWS resources" in err and "--yes" in err
+    assert "starts paid resources or sends billed requests" in err and "--yes" in err
+
+
+@needs_example_plugin
+def test_the_spend_guard_asks_each_stage_not_its_name(tmp_path, capsys):
+    """A plugin's stage that says it spends needs --yes, though no name says AWS."""
+    run = tmp_path / "run"
+    path = write(tmp_path, PLUGIN_ONLY.format(run=run).replace("example.solid", "example.priced"))
+    assert main(["run", str(path)]) == 2
+    assert "about 0.00 USD" in capsys.readouterr().err
+    assert not (run / "run.json").exists()
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "example-store Put x 24" in out and "example-region" in out
+    assert main(["run", str(path), "--yes"]) == 0
+    assert (run / "run.json").exists()
 
 
 _WITHOUT_BOTO3 = """

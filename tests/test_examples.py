@@ -31,3 +31,19 @@ def test_custom_stage_example_runs_a_pipeline_with_a_user_subclass(tmp_path, cap
     before = read_run_record(tmp_path / "run")
     example.main(tmp_path, sizes={"train": 160, "valid": 40, "test": 40}, per_class=50, epochs=1)
     assert read_run_record(tmp_path / "run") == before
+
+
+def test_the_sagemaker_local_example_plans_without_warnings():
+    """The settings of `tox -e demo-sagemaker` break no rule the algorithm documents."""
+    pytest.importorskip("sagemaker.core")
+    from pcamflow import Settings
+    from pcamflow.pipeline import Pipeline
+    from pcamflow.registry import Registry
+
+    settings = Settings.from_toml(EXAMPLES / "sagemaker_local.toml")
+    plan = Pipeline.from_settings(settings, Registry.from_entry_points()).plan(settings)
+    assert plan.warnings == ()
+    operations = [r.operation for r in plan.requests]
+    for wanted in ("PutObject", "CreateHyperParameterTuningJob", "CreateTrainingJob",
+                   "CreateTransformJob", "CreateEndpoint"):
+        assert wanted in operations

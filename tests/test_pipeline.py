@@ -43,6 +43,22 @@ def test_a_full_run_records_every_stage_and_a_rerun_skips_them(settings):
     assert calls(settings.run_dir) == ["convert", "manifests", "train"]
 
 
+def test_a_run_gets_an_id_that_its_reruns_keep_and_another_folder_does_not_share(
+    settings, tmp_path
+):
+    from pcamflow._io import run_id
+
+    assert run_id(settings.run_dir) is None
+    pipeline().run(settings)
+    first = run_id(settings.run_dir)
+    assert first and json.loads((settings.run_dir / "run.json").read_text())["run_id"] == first
+    pipeline().run(settings, force=True)
+    assert run_id(settings.run_dir) == first
+    other = Settings.from_dict({"pipeline": {"run_dir": str(tmp_path / "elsewhere" / "run")}})
+    pipeline().run(other)
+    assert run_id(other.run_dir) not in (None, first)
+
+
 def test_a_stage_failing_halfway_leaves_no_artifact_and_the_rerun_resumes_there(settings):
     (settings.run_dir).mkdir(parents=True)
     (settings.run_dir / "fail-train").touch()

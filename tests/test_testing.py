@@ -52,6 +52,23 @@ class NeedsArguments(Trainer):
     def run(self, context): ...
 
 
+class PlanWithoutContext(Trainer):
+    def run(self, context): ...
+
+    def plan(self): ...
+
+
+class ServicesWithoutSettings(Trainer):
+    def run(self, context): ...
+
+    def provide_services(self, services): ...
+
+
+class PlansADict(FileConverter):
+    def plan(self, context):
+        return {"requests": []}
+
+
 class LiesAboutOutput(FileConverter):
     def run(self, context):
         return ImageDataset(root=str(context.stage_dir / "not-there"))
@@ -67,6 +84,9 @@ class LiesAboutOutput(FileConverter):
         (TwoArguments, "run() must take exactly one argument"),
         (BadSection, "settings_sections names unknown tables ['training']"),
         (NeedsArguments, "cannot be built with no arguments"),
+        (PlanWithoutContext, "plan() must take exactly one argument, the context"),
+        (ServicesWithoutSettings,
+         "provide_services() must take exactly 2 arguments, the settings and the services"),
     ],
 )
 def test_a_broken_stage_is_named_with_the_rule_it_breaks(cls, rule):
@@ -81,3 +101,9 @@ def test_running_checks_the_artifact_exists(tmp_path):
     with pytest.raises(StageContractError, match="locations do not exist"):
         check_stage(LiesAboutOutput, context=context)
     assert ModelArtifact(uri=str(tmp_path / "x")).exists() is False
+
+
+def test_running_checks_what_plan_returns(tmp_path):
+    context = Context(settings=Settings(), run_dir=tmp_path, stage_dir=tmp_path / "c")
+    with pytest.raises(StageContractError, match="plan\\(\\) returned dict, not a Plan or None"):
+        check_stage(PlansADict, context=context)

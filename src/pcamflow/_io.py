@@ -7,8 +7,8 @@
 - :func:`digest` is the one fingerprint: a short SHA-256 of a JSON rendering of any value the
   shared converter can unstructure (attrs classes, dicts, lists, numbers, strings).
 - ``run.json`` is read and written here (:class:`StageRecord`, :func:`read_run_record`,
-  :func:`write_run_record`, :func:`recorded_artifacts`), so the commands and the plan read it
-  without importing the runner.
+  :func:`write_run_record`, :func:`recorded_artifacts`, :func:`run_id`), so the commands and
+  the plan read it without importing the runner.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -36,8 +37,10 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "digest",
+    "new_run_id",
     "read_run_record",
     "recorded_artifacts",
+    "run_id",
     "utc_now",
     "write_bytes_atomic",
     "write_run_record",
@@ -155,28 +158,80 @@ class StageRecord:
         return Artifact.from_dict(self.artifact) if self.artifact else None
 
 
-def read_run_record(run_dir: str | Path) -> dict[str, StageRecord]:
-    """The stage records of ``run_dir/run.json`` (empty if there is none yet)."""
+def _read_run_file(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise PcamflowError(f"{path}: not a pcamflow run record ({error})") from None
+    if not isinstance(data, dict):
+        raise PcamflowError(f"{path}: not a pcamflow run record (not a JSON object)")
+    return data
+
+
+def read_run_record(run_dir: str | Path) -> dict[str, StageRecord]:
+    """The stage records of ``run_dir/run.json`` (empty if there is none yet)."""
+    data = _read_run_file(run_dir)
+    try:
         return {name: StageRecord(**rec) for name, rec in data.get("stages", {}).items()}
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:
+        path = Path(run_dir) / RUN_FILE
         raise PcamflowError(f"{path}: not a pcamflow run record ({error})") from None
 
 
+def new_run_id() -> str:
+    """A fresh run id: 8 random hex digits."""
+    return uuid.uuid4().hex[:8]
+
+
+def run_id(run_dir: str | Path, *, create: bool = False) -> str | None:
+    """The id of the run in ``run_dir``: a short random hex string kept in ``run.json``.
+
+    It tells apart runs whose folders share a name (two ``runs/demo`` on two machines), so
+    that what a run keeps elsewhere (its S3 prefix) is its own. It is made once and kept for
+    every re-run of the folder.
+
+    Args:
+        run_dir: the run folder.
+        create: make and record one if the run has none yet.
+
+    Returns:
+        The id, or None when there is none yet and ``create`` is false.
+    """
+    found = _read_run_file(run_dir).get("run_id")
+    if isinstance(found, str) and found:
+        return found
+    if not create:
+        return None
+    made = new_run_id()
+    write_run_record(run_dir, read_run_record(run_dir), run_id=made)
+    return made
+
+
 def write_run_record(
-    run_dir: str | Path, records: Mapping[str, StageRecord], order: Sequence[str] = ()
+    run_dir: str | Path,
+    records: Mapping[str, StageRecord],
+    order: Sequence[str] = (),
+    *,
+    run_id: str | None = None,
 ) -> None:
-    """Write ``run.json`` atomically, stages in ``order`` first."""
+    """Write ``run.json`` atomically, stages in ``order`` first.
+
+    Args:
+        run_dir: the run folder.
+        records: stage name -> record.
+        order: stage names in pipeline order.
+        run_id: the run's id (None: keep the one already recorded, if any).
+    """
     names = [n for n in order if n in records] + [n for n in records if n not in order]
-    payload = {
-        "format": 1,
-        "updated": utc_now(),
-        "stages": {n: attrs.asdict(records[n]) for n in names},
-    }
+    if run_id is None:
+        run_id = _read_run_file(run_dir).get("run_id")
+    payload: dict[str, Any] = {"format": 1, "updated": utc_now()}
+    if run_id:
+        payload["run_id"] = run_id
+    payload["stages"] = {n: attrs.asdict(records[n]) for n in names}
     with atomic_write(Path(run_dir) / RUN_FILE, encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
 

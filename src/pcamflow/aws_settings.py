@@ -105,10 +105,11 @@ class AwsEvaluationSettings:
     """``[aws.evaluation]``: how the SageMaker evaluator scores the model.
 
     Attributes:
-        transform_instance_type: the batch transform's instance type.
-        transform_instance_count: the batch transform's instances.
-        evaluate_via: ``transform`` (a batch transform job) or ``endpoint`` (invoke the
-            endpoint named ``deploy.name``, which must be InService).
+        transform_instance_type: the instance type the model is scored on (the batch
+            transform's, or the temporary endpoint's).
+        transform_instance_count: instances of the batch transform or temporary endpoint.
+        evaluate_via: ``transform`` (a batch transform job) or ``endpoint`` (a temporary
+            endpoint of the trained model, deleted after the evaluation).
     """
 
     transform_instance_type: str = "ml.m5.xlarge"
@@ -154,6 +155,10 @@ class AwsSettings:
         upload_workers: S3 uploads at once.
         poll_s: seconds between status checks of a running job or endpoint.
         prices: instance type -> USD per hour, for ``pcamflow plan``'s estimate.
+        prices_region: the region ``prices`` (and ``request_prices``) are for; the plan says
+            so, and notes a region other than the run's (None: not stated).
+        request_prices: ``service:Operation`` -> USD per 1,000 requests (``s3:PutObject``);
+            unset ones are S3's and KMS's us-east-1 list prices, and the plan says so.
         network: ``[aws.network]``.
         training: ``[aws.training]``.
         evaluation: ``[aws.evaluation]``.
@@ -171,6 +176,10 @@ class AwsSettings:
     upload_workers: int = attrs.field(default=16, validator=[INTEGER, ge(1), le(128)])
     poll_s: float = attrs.field(default=30.0, validator=_AMOUNT)
     prices: dict[str, float] = attrs.field(
+        factory=dict, validator=deep_mapping(STRING, [NUMBER, FINITE, ge(0)])
+    )
+    prices_region: str | None = None
+    request_prices: dict[str, float] = attrs.field(
         factory=dict, validator=deep_mapping(STRING, [NUMBER, FINITE, ge(0)])
     )
     network: AwsNetworkSettings = attrs.field(factory=AwsNetworkSettings)

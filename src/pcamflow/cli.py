@@ -8,10 +8,11 @@ usage and settings errors, 1 for failures while running; ``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pcamflow.errors import ConfigError, PcamflowError, exit_code
 
@@ -29,34 +30,77 @@ def _settings(path: str):
 # --- pipeline commands ---------------------------------------------------------------------
 
 
+def _spend_guard(plan, config: str, yes: bool) -> None:
+    """Refuse a run that would spend money unless ``--yes`` was given."""
+    if not plan.spends or yes:
+        return
+    total = f"about {plan.total:.2f} USD" if plan.total is not None else "an unpriced amount"
+    raise ConfigError(
+        f"{config}: this run starts paid resources or sends billed requests ({total}); see "
+        f"them with 'pcamflow plan {config}' and re-run with --yes"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pcamflow.pipeline import Pipeline
     from pcamflow.registry import Registry
 
     settings = _settings(args.config)
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
-    services: dict[str, object] = {}
-    if "sagemaker" in settings.pipeline.stage_names().values():
-        from pcamflow.sagemaker.clients import services_for_settings
-        from pcamflow.sagemaker.plan import build_plan
+    with _services(args, settings) as services:
+        # every stage answers for what it would spend: no stage is trusted by its name
+        _spend_guard(pipeline.plan(settings, services), args.config, args.yes)
+        result = pipeline.run(
+            settings,
+            force=args.force,
+            from_stage=getattr(args, "from"),
+            only=args.only,
+            services=services,
+        )
+        _print_result(result)
+    return 0
 
-        if build_plan(settings).spends and not args.yes:
-            raise ConfigError(
-                f"{args.config}: this run starts paid AWS resources; see them with "
-                f"'pcamflow plan {args.config}' and re-run with --yes"
-            )
-        services = services_for_settings(settings)
-    result = pipeline.run(
-        settings,
-        force=args.force,
-        from_stage=getattr(args, "from"),
-        only=args.only,
-        services=services,
-    )
+
+@contextlib.contextmanager
+def _services(args: argparse.Namespace, settings) -> Iterator[dict[str, object]]:
+    """The services a command runs with: SageMaker local mode's, with ``--local-mode``."""
+    if not getattr(args, "local_mode", False):
+        yield {}
+        return
+    from pcamflow.commands.sagemaker import local_mode
+
+    with local_mode(settings, progress=not args.quiet) as services:
+        yield services
+
+
+def _print_result(result) -> None:
     print(f"run folder: {result.run_dir}")
     for name, record in result.records.items():
         mark = "ran" if name in result.ran else "complete"
         print(f"  {name:<10} {record.status:<10} {mark:<9} {record.duration_s or 0:8.1f} s")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print every request the stages would send and the cost; with ``--run``, then run."""
+    import json
+
+    from pcamflow.pipeline import Pipeline
+    from pcamflow.plan import format_plan, plan_to_dict
+    from pcamflow.registry import Registry
+
+    settings = _settings(args.config)
+    pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
+    with _services(args, settings) as services:
+        plan = pipeline.plan(settings, services)
+        print(json.dumps(plan_to_dict(plan), indent=2) if args.json else format_plan(plan))
+        if not args.run:
+            return 0
+        if plan.spends and not args.yes:
+            total = f"about {plan.total:.2f} USD" if plan.total is not None else "money"
+            print(f"pcamflow: this run would spend {total}; add --yes to run it",
+                  file=sys.stderr)
+            return 2
+        _print_result(pipeline.run(settings, services=services))
     return 0
 
 
@@ -104,8 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run every stage, complete or not")
     p.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
     p.add_argument("--only", metavar="STAGE", help="run just this stage")
-    p.add_argument("--yes", action="store_true", help="allow a run that spends money on AWS")
+    p.add_argument("--yes", action="store_true",
+                   help="allow a run that starts paid resources or sends billed requests")
+    p.add_argument("--local-mode", action="store_true",
+                   help="SageMaker local mode: the SageMaker stages run on this machine "
+                   "against an emulator of AWS and the built-in algorithm; nothing is spent "
+                   "(needs pcamflow[localmode])")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "plan",
+        help="dry run: print every request to paid services a run would make, and its cost",
+        description="Print every request the settings' pipeline would send to paid services "
+        "(each stage says what it would send; AWS requests are checked against botocore's "
+        "API model) and an estimated cost. Nothing is sent unless --run is given; a run that "
+        "would spend money also needs --yes.",
+    )
+    p.add_argument("config", help="settings file (TOML)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--run", action="store_true", help="run the pipeline after the plan")
+    p.add_argument("--yes", action="store_true", help="confirm a run that spends money")
+    p.add_argument("--local-mode", action="store_true",
+                   help="SageMaker local mode: the SageMaker stages run on this machine")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("validate", help="check a settings file without running anything")
     p.add_argument("config", help="settings file (TOML)")

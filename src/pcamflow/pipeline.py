@@ -23,13 +23,21 @@ from typing import Any
 
 import attrs
 
-from pcamflow._io import StageRecord, read_run_record, utc_now, write_run_record
+from pcamflow._io import (
+    StageRecord,
+    new_run_id,
+    read_run_record,
+    run_id,
+    utc_now,
+    write_run_record,
+)
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
     MissingInputError,
     PipelineDefinitionError,
     StageNameNotUniqueError,
 )
+from pcamflow.plan import Plan
 from pcamflow.probes import by_scheme
 from pcamflow.stages import Context, Stage, stage_output_dir
 
@@ -129,6 +137,48 @@ class Pipeline:
         inner = ", ".join(f"({n!r}, {s!r})" for n, s in self.steps)
         return f"Pipeline([{inner}])"
 
+    def services(
+        self, settings: Any, given: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``given``, plus what each stage brings for itself (:meth:`Stage.provide_services`).
+
+        What the caller passed wins; ``"probes"`` (URI scheme -> probe) are merged.
+        """
+        merged: dict[str, Any] = dict(given or {})
+        for _, stage in self.steps:
+            for key, value in stage.provide_services(settings, merged).items():
+                if key == "probes":
+                    merged["probes"] = {**dict(value), **dict(merged.get("probes") or {})}
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+    def plan(self, settings: Any, services: Mapping[str, Any] | None = None) -> Plan:
+        """What every stage would send to paid services, and the cost: the sum of their plans.
+
+        Nothing is sent. Each stage's :meth:`~pcamflow.stages.Stage.plan` sees the artifacts of
+        the stages before it that the run folder has recorded as completed; the rest it
+        estimates.
+        """
+        run_dir = Path(settings.run_dir)
+        records = read_run_record(run_dir)
+        rid = run_id(run_dir) or ""
+        artifacts: dict[str, Artifact] = {}
+        plans = []
+        for name, stage in self.steps:
+            context = Context(
+                settings=settings, run_dir=run_dir, stage_dir=stage_output_dir(run_dir, name),
+                artifacts=dict(artifacts), services=dict(services or {}), stage_name=name,
+                run_id=rid,
+            )
+            plans.append(stage.plan(context))
+            record = records.get(name)
+            if record is not None and record.status == "completed":
+                artifact = record.load_artifact()
+                if artifact is not None:
+                    artifacts[name] = artifact
+        return Plan.combine(plans)
+
     def _check_name(self, name: str | None, option: str) -> None:
         if name is not None and name not in self.names:
             raise PipelineDefinitionError(
@@ -155,7 +205,8 @@ class Pipeline:
             only: run just this stage (its inputs must be complete from an earlier run).
             services: clients and other objects handed to stages through the context;
                 ``services["probes"]`` (URI scheme -> probe, see :mod:`pcamflow.probes`)
-                checks recorded artifacts in places the core cannot look (``s3://``).
+                checks recorded artifacts in places the core cannot look (``s3://``). What
+                a stage needs and this lacks, the stage brings (:meth:`services`).
 
         Raises:
             Whatever a stage raises; its record says ``failed`` (or ``interrupted`` on Ctrl-C).
@@ -165,7 +216,9 @@ class Pipeline:
         run_dir = Path(settings.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         records = read_run_record(run_dir)
-        services = dict(services or {})
+        # recorded with the first stage record this run writes, and kept from then on
+        rid = run_id(run_dir) or new_run_id()
+        services = self.services(settings, services)
         # whether a recorded artifact is still there, asked by each location's URI scheme
         is_there = by_scheme(services.get("probes"))
         names = self.names
@@ -181,6 +234,7 @@ class Pipeline:
                 services=services,
                 stage_name=name,
                 upstream=dict(fingerprints),
+                run_id=rid,
             )
             fingerprints[name] = stage.fingerprint(probe)
 
@@ -194,6 +248,7 @@ class Pipeline:
                 services=services,
                 stage_name=name,
                 upstream={n: fingerprints[n] for n in before},
+                run_id=rid,
             )
 
         def recorded(name: str, check_fingerprint: bool = True) -> Artifact | None:
@@ -236,7 +291,7 @@ class Pipeline:
         for name in todo:
             context = context_for(name, artifacts)
             artifacts[name] = self._run_stage(
-                name, self[name], context, fingerprints[name], records, run_dir
+                name, self[name], context, fingerprints[name], records, run_dir, rid
             )
         return RunResult(run_dir=run_dir, records=dict(records), ran=tuple(todo))
 
@@ -248,6 +303,7 @@ class Pipeline:
         fingerprint: str,
         records: dict[str, StageRecord],
         run_dir: Path,
+        rid: str,
     ) -> Artifact:
         context.stage_dir.mkdir(parents=True, exist_ok=True)
         started, clock = utc_now(), time.monotonic()
@@ -255,7 +311,7 @@ class Pipeline:
         records[name] = StageRecord(
             name=name, stage=stage_label, status="running", fingerprint=fingerprint, started=started
         )
-        write_run_record(run_dir, records, self.names)
+        write_run_record(run_dir, records, self.names, run_id=rid)
         log.info("[%s] running %s", name, type(stage).__name__)
 
         def finish(status: str, artifact: Artifact | None = None, error: str | None = None) -> None:
@@ -270,7 +326,7 @@ class Pipeline:
                 artifact=artifact.to_dict() if artifact is not None else None,
                 error=error,
             )
-            write_run_record(run_dir, records, self.names)
+            write_run_record(run_dir, records, self.names, run_id=rid)
 
         try:
             artifact = stage.run(context)

@@ -6,6 +6,12 @@ inputs, credentials) before any work or spend, raising an error that names the s
 hands each stage a :class:`Context` with the settings, the run folder, the stage's own output
 folder and the artifacts of earlier stages.
 
+Two optional hooks let a stage that uses a paid service answer for itself, so that nothing
+needs to know its name: ``plan(context)`` returns the requests it would send and what they
+would cost (:class:`~pcamflow.plan.Plan`; ``pcamflow plan`` adds them up and the spend guard
+asks each stage), and ``provide_services(settings, services)`` brings the clients and probes
+it needs when the caller passed none.
+
 The six abstract stages say what each step takes and makes; users subclass them::
 
     class MyTrainer(Trainer):
@@ -35,6 +41,7 @@ from pcamflow.artifacts import (
 )
 from pcamflow.config import Settings
 from pcamflow.errors import MissingInputError
+from pcamflow.plan import Plan
 
 __all__ = [
     "STAGE_KINDS",
@@ -65,6 +72,8 @@ class Context:
         stage_name: the name this stage has in the pipeline.
         upstream: stage name -> fingerprint, for the stages before this one; a stage's
             fingerprint includes them, so a re-run upstream re-runs everything after it.
+        run_id: the run's id (kept in ``run.json``; empty outside a pipeline run), which tells
+            apart runs whose folders share a name.
     """
 
     settings: Settings
@@ -74,6 +83,7 @@ class Context:
     services: Mapping[str, Any] = attrs.field(factory=dict)
     stage_name: str = ""
     upstream: Mapping[str, str] = attrs.field(factory=dict)
+    run_id: str = ""
 
     def input(self, kind: type[_A]) -> _A:
         """The latest earlier artifact of type ``kind``.
@@ -128,6 +138,27 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def run(self, context: Context) -> Artifact:
         """Do the stage's work and return the artifact it made."""
+
+    def plan(self, context: Context) -> Plan | None:
+        """The requests :meth:`run` would send to paid services, and their estimated cost.
+
+        Sends nothing. ``context.artifacts`` holds what earlier stages of the run folder have
+        already made; where an input is not made yet, its values are estimated or shown as
+        placeholders. A stage that spends nothing outside this machine returns None (the
+        default). Build the requests with the same code :meth:`run` sends them with, so the
+        two cannot drift.
+        """
+        return None
+
+    def provide_services(
+        self, settings: Settings, services: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Services this stage needs that ``services`` (what the caller passed) lacks.
+
+        Called before a run; what it returns is added to the context's services of every
+        stage (``"probes"`` merged by URI scheme). The default needs nothing.
+        """
+        return {}
 
     def fingerprint(self, context: Context) -> str:
         """A digest of what this stage's output depends on.

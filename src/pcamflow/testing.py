@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -17,6 +18,7 @@ import attrs
 from pcamflow.artifacts import Artifact
 from pcamflow.config import Settings
 from pcamflow.errors import PcamflowError
+from pcamflow.plan import Plan
 from pcamflow.probes import by_scheme
 from pcamflow.stages import STAGE_KINDS, Context, Stage
 
@@ -35,11 +37,13 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
     """Check that ``cls`` honours the stage contract; with a ``context``, also run it.
 
     The checks: ``cls`` subclasses one of the six abstract stages and is concrete; it can be
-    built from ``init`` (no arguments by default); ``validate`` and ``run`` take one
-    ``context`` argument; ``produces``, ``requires`` and ``accepts`` are artifact types
-    compatible with its kind; ``settings_sections`` name tables of :class:`Settings`; its
-    fingerprint is a stable string. Given a ``context``, it validates and runs the stage, then
-    checks the artifact's type, that it exists, and that it survives a JSON round trip.
+    built from ``init`` (no arguments by default); ``validate``, ``run`` and ``plan`` take one
+    ``context`` argument and ``provide_services`` takes ``settings`` and ``services``;
+    ``produces``, ``requires`` and ``accepts`` are artifact types compatible with its kind;
+    ``settings_sections`` name tables of :class:`Settings`; its fingerprint is a stable string.
+    Given a ``context``, it validates the stage, asks for its plan (a :class:`Plan` or None)
+    and its services (a mapping), runs it, then checks the artifact's type, that it exists,
+    and that it survives a JSON round trip.
 
     Args:
         cls: the stage class.
@@ -61,15 +65,19 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise _fail(cls, f"is abstract; implement {missing}")
-    for method in ("validate", "run"):
+    arguments = {"validate": ("context",), "run": ("context",), "plan": ("context",),
+                 "provide_services": ("settings", "services")}
+    for method, names in arguments.items():
         params = list(inspect.signature(getattr(cls, method)).parameters.values())[1:]
         required = [
             p
             for p in params
             if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
-        if len(params) < 1 or len(required) > 1:
-            raise _fail(cls, f"{method}() must take exactly one argument, the context")
+        if len(params) < len(names) or len(required) > len(names):
+            shown = " and ".join(f"the {n}" for n in names)
+            count = "one argument" if len(names) == 1 else f"{len(names)} arguments"
+            raise _fail(cls, f"{method}() must take exactly {count}, {shown}")
     for attr in ("requires", "accepts"):
         value = getattr(cls, attr)
         if not isinstance(value, tuple) or not all(
@@ -108,6 +116,12 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
         return None
 
     stage.validate(context)
+    planned = stage.plan(context)
+    if planned is not None and not isinstance(planned, Plan):
+        raise _fail(cls, f"plan() returned {type(planned).__name__}, not a Plan or None")
+    provided = stage.provide_services(context.settings, context.services)
+    if not isinstance(provided, Mapping):
+        raise _fail(cls, f"provide_services() returned {type(provided).__name__}, not a mapping")
     context.stage_dir.mkdir(parents=True, exist_ok=True)
     artifact = stage.run(context)
     if not isinstance(artifact, cls.produces):

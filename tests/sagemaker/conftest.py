@@ -1,13 +1,10 @@
-"""Fixtures of the SageMaker tests: fake credentials, moto's S3 and SageMaker, no network.
+"""Fixtures of the SageMaker tests: fake credentials, SageMaker local mode, no network.
 
-moto 5 answers every request in-process. A few of its answers differ from SageMaker's, and
-are patched on the session's event hooks (never globally):
-
-- ``Describe{Model,EndpointConfig,Endpoint}`` return empty ``VpcConfig``/``DataCaptureConfig``
-  dicts, which sagemaker-core's typed models reject: they are dropped; ``DescribeEndpoint``
-  echoes the config's data capture instead of its summary: it is reshaped.
-- training and tuning jobs complete at once, writing no model; tests that need another outcome
-  patch the describe answer themselves (see :func:`patch_answer`).
+Tests that run jobs, models or endpoints use ``local`` (function scope) or ``shared_local``
+(one per test module): SageMaker local mode (:mod:`pcamflow.sagemaker.localmode`), which
+runs what the backend creates with the local engine and answers as AWS documents, so no test
+writes an output the code under test then reads. ``aws`` is moto alone, for the tests of S3
+transfers and clients that start no job.
 """
 
 from __future__ import annotations
@@ -17,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import ACCESS_KEY, BUCKET, REGION, SECRET_KEY
+from sm_helpers import ACCESS_KEY, BUCKET, REGION, ROLE, SECRET_KEY
 
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 pytest.importorskip("sagemaker.core")
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    """Fake credentials and region; AWS config files, instance metadata and telemetry off."""
+def _environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     sdk_config = tmp_path / "sagemaker-config.yaml"
     # the SageMaker SDK's documented opt-out of its telemetry
     sdk_config.write_text(
@@ -52,24 +47,56 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def aws(aws_env: dict[str, str]) -> Iterator[Any]:
-    """:class:`AwsClients` on moto, with a bucket; sagemaker-core shares the session."""
-    from sm_helpers import drop_empty
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Fake credentials and region; AWS config files, instance metadata and telemetry off."""
+    return _environment(monkeypatch, tmp_path)
 
+
+def _start_local() -> Any:
+    pytest.importorskip("torch")
+    from pcamflow.sagemaker.localmode import LocalMode
+
+    local = LocalMode(region=REGION, threads=1).start()  # the test machine is shared
+    iam = local.session.client("iam")
+    # the execution role the tests' settings name, trusted by SageMaker
+    iam.create_role(RoleName=ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument=(
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": '
+        '{"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}'))
+    local.session.client("s3").create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return local
+
+
+@pytest.fixture
+def local(aws_env: dict[str, str]) -> Iterator[Any]:
+    """SageMaker local mode, with the test bucket and role; its clients: ``local.clients()``."""
+    emulator = _start_local()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local mode for a whole test module (tests keep to names of their own)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _environment(monkeypatch, tmp_path_factory.mktemp("aws"))
+        emulator = _start_local()
+        try:
+            yield emulator
+        finally:
+            emulator.stop()
+
+
+@pytest.fixture
+def aws(aws_env: dict[str, str]) -> Iterator[Any]:
+    """:class:`AwsClients` on moto alone, with a bucket: for tests that start no job."""
     from pcamflow.sagemaker.clients import AwsClients
 
     with moto.mock_aws():
-        session = boto3.Session(region_name=REGION)
-        for operation, keys in {
-            "DescribeModel": ("VpcConfig",),
-            "DescribeEndpointConfig": ("DataCaptureConfig", "VpcConfig"),
-            "DescribeEndpoint": ("DataCaptureConfig",),
-        }.items():
-            session.events.register(f"after-call.sagemaker.{operation}", drop_empty(keys))
-        clients = AwsClients(session, max_attempts=4)
+        clients = AwsClients(boto3.Session(region_name=REGION), max_attempts=4)
         clients.s3.create_bucket(
             Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
         )
         yield clients
-
-

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import BUCKET, context_for, settings_for
+from sm_helpers import BUCKET, context_for, run_key, settings_for
 
 from pcamflow.artifacts import ImageDataset, Manifests
 from pcamflow.errors import AwsError
@@ -62,6 +62,43 @@ def test_upload_with_a_kms_key(aws: Any, tmp_path: Path) -> None:
     head = aws.s3.head_object(Bucket=BUCKET, Key="k/train/0/train_000000.jpg")
     assert head["ServerSideEncryption"] == "aws:kms"
     assert kms in head["SSEKMSKeyId"]
+    # the SHA-256 checksum stored at upload tells a re-run that nothing changed
+    assert upload_tree(aws.s3, root, S3Uri(BUCKET, "k"), kms_key_id=kms,
+                       progress=False).skipped == 2
+    # under another key, the objects are sent again (encrypted under the new key)
+    other = aws.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    report = upload_tree(aws.s3, root, S3Uri(BUCKET, "k"), kms_key_id=other, progress=False)
+    assert (report.uploaded, report.skipped) == (2, 0)
+
+
+def test_an_object_of_the_same_size_but_other_content_is_sent_again(
+    aws: Any, tmp_path: Path
+) -> None:
+    root = _tree(tmp_path / "images", n=3)
+    target = S3Uri(BUCKET, "same-size")
+    upload_tree(aws.s3, root, target, progress=False)
+    changed = root / "train" / "1" / "train_000001.jpg"
+    data = changed.read_bytes()
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # one byte differs, same size
+    report = upload_tree(aws.s3, root, target, progress=False)
+    assert (report.uploaded, report.skipped) == (1, 2)
+    sent = aws.s3.get_object(Bucket=BUCKET, Key="same-size/train/1/train_000001.jpg")
+    assert sent["Body"].read() == changed.read_bytes()
+
+
+def test_two_runs_with_folders_of_one_name_keep_apart_in_s3(aws: Any, tmp_path: Path) -> None:
+    from sm_helpers import settings_for
+
+    from pcamflow.sagemaker.s3 import run_root
+
+    first = settings_for(tmp_path / "a")
+    second = settings_for(tmp_path / "b")
+    assert first.run_dir.name == second.run_dir.name == "run"
+    roots = [run_root(context_for(s, aws, "convert", {}), BUCKET) for s in (first, second)]
+    assert roots[0] != roots[1]
+    assert all(r.key.startswith("pcamflow/run-") for r in roots)
+    # a re-run of a folder keeps its prefix
+    assert run_root(context_for(first, aws, "convert", {}), BUCKET) == roots[0]
 
 
 def test_converter_and_manifest_builder_put_everything_in_s3(
@@ -77,9 +114,10 @@ def test_converter_and_manifest_builder_put_everything_in_s3(
     converter.validate(context)
     dataset = converter.run(context)
     assert isinstance(dataset, ImageDataset)
-    assert dataset.root == f"s3://{BUCKET}/pcamflow/run/images"
+    root = run_key(settings)
+    assert dataset.root == f"s3://{BUCKET}/{root}/images"
     assert Path(str(dataset.local_root)).is_dir()
-    assert len(_keys(aws, "pcamflow/run/images/")) == dataset.total()
+    assert len(_keys(aws, f"{root}/images/")) == dataset.total()
 
     builder = S3ManifestBuilder()
     context = context_for(settings, aws, "manifests", {"convert": dataset})
@@ -95,7 +133,7 @@ def test_converter_and_manifest_builder_put_everything_in_s3(
         for line in lines:
             assert list(line) == ["source-ref", "class"]
             ref = S3Uri.parse(line["source-ref"])
-            assert ref.key.startswith(f"pcamflow/run/images/{split}/{line['class']}/")
+            assert ref.key.startswith(f"{root}/images/{split}/{line['class']}/")
             aws.s3.head_object(Bucket=ref.bucket, Key=ref.key)  # the image is there
     lst = S3Uri.parse(manifests.lst["train"])
     first = aws.s3.get_object(Bucket=BUCKET, Key=lst.key)["Body"].read().decode().splitlines()[0]

@@ -1,85 +1,118 @@
-"""The SageMaker evaluator against moto: model + batch transform, predictions scored locally."""
+"""The SageMaker evaluator in local mode: a real batch transform (or temporary endpoint) of a
+real model; its answers read back and scored locally."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import BUCKET, ROLE, context_for, patch_answer, s3_manifests, settings_for
+from sm_helpers import (
+    BUCKET,
+    context_for,
+    kms_alias,
+    run_key,
+    s3_manifests,
+    settings_for,
+    train_model_in,
+)
 
 from pcamflow.artifacts import Evaluation, ModelArtifact
-from pcamflow.errors import AwsError, JobFailedError
+from pcamflow.errors import JobFailedError
 from pcamflow.sagemaker.evaluator import SageMakerEvaluator, transform_input_manifest
 
-MODEL = f"s3://{BUCKET}/pcamflow/run/train/output/job/output/model.tar.gz"
+
+@pytest.fixture(scope="module")
+def model_uri(shared_local: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model trained by a local-mode training job, shared by this module's tests."""
+    return train_model_in(shared_local, tmp_path_factory.mktemp("model"))
 
 
-def _predictions(clients: Any, scores: list[float]) -> None:
-    """Write what the batch transform writes: ``<output>/<relative key>.out`` per image."""
-    output = "pcamflow/run/evaluate/transform-output"
-    for i, score in enumerate(scores):
-        key = f"{output}/{i % 2}/test_{i:06d}.jpg.out"
-        clients.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps([1 - score, score]))
+def _expected_scores(local: Any, model_uri: str, manifests: Any, tmp_path: Path) -> list[float]:
+    """The class-1 probability of each test image, from the model itself (not the evaluator)."""
+    import numpy as np
+
+    from pcamflow.data.manifests import read_manifest
+    from pcamflow.local.model.archive import load_model_archive
+    from pcamflow.local.serving.payloads import decode_image
+
+    s3 = local.clients().s3
+    archive = tmp_path / "model.tar.gz"
+    s3.download_file(BUCKET, model_uri.split("/", 3)[3], str(archive))
+    model = load_model_archive(archive)
+    listing = tmp_path / "test.manifest"
+    s3.download_file(BUCKET, manifests.manifests["test"].split("/", 3)[3], str(listing))
+    images = [decode_image(s3.get_object(Bucket=BUCKET, Key=ref.split("/", 3)[3])["Body"].read())
+              for ref, _ in read_manifest(listing)]
+    return list(model.predict_images(np.stack(images))[:, 1])
 
 
-def test_batch_transform_request_and_report(aws: Any, tmp_path: Path) -> None:
+def _scores(evaluation: Evaluation) -> tuple[list[float], list[int]]:
+    with open(Path(evaluation.report).parent / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [float(r["score"]) for r in rows], [int(r["label"]) for r in rows]
+
+
+def test_a_batch_transform_scores_the_model_into_the_report(
+    shared_local: Any, model_uri: str, tmp_path: Path
+) -> None:
+    clients = shared_local.clients()
+    key_arn = kms_alias(clients, "alias/eval")
     settings = settings_for(tmp_path, evaluate={"bootstrap": 20},
-                            aws={"kms_key_id": "alias/pcam", "tags": {"project": "pcam"},
+                            aws={"kms_key_id": "alias/eval", "tags": {"project": "pcam"},
                                  "evaluation": {"transform_instance_type": "ml.c5.xlarge"}})
-    manifests = s3_manifests(aws, count=8)
-    scores = [0.9 if i % 2 else 0.2 for i in range(8)]
-    scores[3] = 0.3  # one false negative
-    _predictions(aws, scores)
-    model = ModelArtifact(uri=MODEL, job_name="job")
-    context = context_for(settings, aws, "evaluate", {"manifests": manifests, "train": model})
+    manifests = s3_manifests(clients, count=8, prefix="batch/")
+    context = context_for(settings, clients, "evaluate",
+                          {"manifests": manifests, "train": ModelArtifact(uri=model_uri)})
     evaluator = SageMakerEvaluator(progress=False)
     evaluator.validate(context)
     evaluation = evaluator.run(context)
 
-    assert isinstance(evaluation, Evaluation)
-    assert evaluation.metrics["accuracy"] == pytest.approx(7 / 8)
-    assert Path(evaluation.report).exists()
+    assert isinstance(evaluation, Evaluation) and Path(evaluation.report).exists()
+    scores, labels = _scores(evaluation)
+    assert labels == [0, 1] * 4
+    expected = _expected_scores(shared_local, model_uri, manifests, tmp_path)
+    assert scores == pytest.approx(expected, abs=1e-5)
     document = json.loads(Path(evaluation.metrics_file).read_text())
-    assert document["results"]["plain@0.5"]["accuracy"] == pytest.approx(7 / 8)
+    accuracy = sum((s >= 0.5) == bool(y) for s, y in zip(scores, labels, strict=True)) / 8
+    assert document["results"]["plain@0.5"]["accuracy"] == pytest.approx(accuracy)
 
-    jobs = aws.sagemaker.list_transform_jobs()["TransformJobSummaries"]
-    assert len(jobs) == 1
-    job = aws.sagemaker.describe_transform_job(TransformJobName=jobs[0]["TransformJobName"])
+    jobs = clients.sagemaker.list_transform_jobs()["TransformJobSummaries"]
+    name = next(j["TransformJobName"] for j in jobs if j["TransformJobStatus"] == "Completed")
+    job = clients.sagemaker.describe_transform_job(TransformJobName=name)
     source = job["TransformInput"]["DataSource"]["S3DataSource"]
     assert source["S3DataType"] == "ManifestFile"
     assert job["TransformInput"]["ContentType"] == "application/x-image"
-    assert job["TransformOutput"]["KmsKeyId"] == "alias/pcam"
+    assert job["TransformOutput"]["Accept"] == "application/jsonlines"
+    assert job["TransformOutput"]["KmsKeyId"] == key_arn
+    assert job["TransformResources"]["VolumeKmsKeyId"] == key_arn
     assert job["TransformResources"]["InstanceType"] == "ml.c5.xlarge"
-    listing = aws.s3.get_object(Bucket=BUCKET, Key=source["S3Uri"].split("/", 3)[3])
+    listing = clients.s3.get_object(Bucket=BUCKET, Key=source["S3Uri"].split("/", 3)[3])
     prefix, *keys = json.loads(listing["Body"].read())
-    assert prefix == {"prefix": f"s3://{BUCKET}/images/test/"}
+    assert prefix == {"prefix": f"s3://{BUCKET}/batch/images/test/"}
     assert keys[:2] == ["0/test_000000.jpg", "1/test_000001.jpg"]
-    head = aws.s3.head_object(Bucket=BUCKET, Key=source["S3Uri"].split("/", 3)[3])
-    assert head["ServerSideEncryption"] == "aws:kms"
-    # the model made for the transform is deleted afterwards
-    assert aws.sagemaker.list_models()["Models"] == []
-    assert ROLE
+    # the transform's own answers: the documented JSON Lines record, one per image
+    out = f"{run_key(settings)}/evaluate/transform-output/1/test_000001.jpg.out"
+    answer = clients.s3.get_object(Bucket=BUCKET, Key=out)["Body"].read().decode()
+    assert list(json.loads(answer)) == ["prediction"] and answer.endswith("\n")
+    assert clients.sagemaker.list_models()["Models"] == []  # its model is deleted afterwards
 
 
-def test_a_failed_transform_raises_and_still_deletes_the_model(aws: Any, tmp_path: Path) -> None:
-    patch_answer(aws.session, "DescribeTransformJob",
-                 lambda a: a.update(TransformJobStatus="Failed", FailureReason="model error"))
-    model = ModelArtifact(uri=MODEL, job_name="job")
-    context = context_for(settings_for(tmp_path), aws, "evaluate",
-                          {"manifests": s3_manifests(aws), "train": model})
-    with pytest.raises(JobFailedError, match="model error"):
+def test_a_failed_transform_raises_and_still_deletes_the_model(
+    shared_local: Any, model_uri: str, tmp_path: Path
+) -> None:
+    clients = shared_local.clients()
+    manifests = s3_manifests(clients, count=4, prefix="broken/")
+    clients.s3.put_object(Bucket=BUCKET, Key="broken/images/test/1/test_000003.jpg",
+                          Body=b"not an image")
+    context = context_for(settings_for(tmp_path), clients, "evaluate",
+                          {"manifests": manifests, "train": ModelArtifact(uri=model_uri)})
+    with pytest.raises(JobFailedError, match=r"ClientError: 1 of 4 objects failed, e\.g\. "
+                                             r"s3://.*/test_000003\.jpg"):
         SageMakerEvaluator(progress=False).run(context)
-    assert aws.sagemaker.list_models()["Models"] == []
-
-
-def test_missing_predictions_are_an_error_naming_the_object(aws: Any, tmp_path: Path) -> None:
-    model = ModelArtifact(uri=MODEL, job_name="job")
-    context = context_for(settings_for(tmp_path), aws, "evaluate",
-                          {"manifests": s3_manifests(aws, count=2), "train": model})
-    with pytest.raises(AwsError, match=r"test_000000\.jpg\.out"):
-        SageMakerEvaluator(progress=False).run(context)
+    assert clients.sagemaker.list_models()["Models"] == []
 
 
 def test_transform_input_manifest_finds_the_common_prefix() -> None:
@@ -88,49 +121,24 @@ def test_transform_input_manifest_finds_the_common_prefix() -> None:
         "s3://b/img/test/", ["0/a.jpg", "1/b.jpg", "0/c.jpg"])
 
 
-def test_evaluation_via_an_endpoint_speaking_the_runtime_api(aws: Any, tmp_path: Path) -> None:
-    """``evaluate_via = "endpoint"`` with a stock runtime client, against the local endpoint."""
-    pytest.importorskip("torch")
-    pytest.importorskip("fastapi")
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from pcamflow.local.model.archive import ModelMeta, load_model_archive, save_model_archive
-    from pcamflow.local.model.resnet import architecture_name, build_model
-    from pcamflow.local.serving.app import create_app
-    from pcamflow.local.serving.hosting import ServerThread
-    from pcamflow.sagemaker.clients import AwsClients
-
-    archive = save_model_archive(
-        tmp_path / "model.tar.gz", build_model(20, num_classes=2),
-        ModelMeta(architecture=architecture_name(20), num_layers=20, num_classes=2),
-    )
-    loaded = load_model_archive(archive)
-    manifests = s3_manifests(aws, count=4)
-    rng = np.random.default_rng(0)
-    images = []
-    for i in range(4):
-        buffer = io.BytesIO()
-        pixels = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(buffer, "JPEG")
-        images.append(np.array(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
-        aws.s3.put_object(Bucket=BUCKET, Key=f"images/test/{i % 2}/test_{i:06d}.jpg",
-                          Body=buffer.getvalue())
+def test_evaluation_via_an_endpoint_scores_the_given_model_on_a_temporary_endpoint(
+    shared_local: Any, model_uri: str, tmp_path: Path
+) -> None:
+    """``evaluate_via = "endpoint"``: a temporary endpoint of the model, deleted afterwards."""
+    clients = shared_local.clients()
+    manifests = s3_manifests(clients, count=4, prefix="live/")
     settings = settings_for(tmp_path, evaluate={"bootstrap": 10}, deploy={"name": "pcam-live"},
                             aws={"evaluation": {"evaluate_via": "endpoint"}})
-    with ServerThread(create_app(loaded, name="pcam-live")) as server:
-        clients = AwsClients(aws.session, endpoint_urls={"sagemaker-runtime": server.url})
-        context = context_for(settings, clients, "evaluate",
-                              {"manifests": manifests, "train": ModelArtifact(uri=MODEL)})
-        evaluation = SageMakerEvaluator(progress=False).run(context)
-    import csv
-
-    with open(Path(evaluation.report).parent / "predictions.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    expected = loaded.predict_images(np.stack(images))[:, 1]
-    np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-4, atol=1e-5)
-    assert [int(r["label"]) for r in rows] == [0, 1, 0, 1]
-    assert evaluation.metrics["accuracy"] is not None
-    assert aws.sagemaker.list_transform_jobs()["TransformJobSummaries"] == []
+    # nothing serves under deploy.name: the scores can only come from an endpoint of its own
+    assert clients.sagemaker.list_endpoints()["Endpoints"] == []
+    context = context_for(settings, clients, "evaluate",
+                          {"manifests": manifests, "train": ModelArtifact(uri=model_uri)})
+    evaluation = SageMakerEvaluator(progress=False).run(context)
+    scores, labels = _scores(evaluation)
+    assert scores == pytest.approx(_expected_scores(shared_local, model_uri, manifests,
+                                                    tmp_path), abs=1e-5)
+    assert labels == [0, 1, 0, 1]
+    sm = clients.sagemaker
+    assert sm.list_endpoints()["Endpoints"] == []  # the temporary endpoint is gone
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []

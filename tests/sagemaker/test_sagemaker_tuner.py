@@ -1,4 +1,4 @@
-"""The SageMaker tuner against moto: the tuning-job request and the result it reads back."""
+"""The SageMaker tuner in local mode: the tuning-job request, real trials, the real winner."""
 
 from __future__ import annotations
 
@@ -7,114 +7,138 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sm_helpers import ROLE, context_for, fake_answer, patch_answer, s3_manifests, settings_for
+from sm_helpers import BUCKET, ROLE, context_for, s3_manifests, settings_for
 
 from pcamflow.artifacts import TuningResult
-from pcamflow.errors import ConfigError
+from pcamflow.errors import AwsError, ConfigError, JobFailedError
 from pcamflow.sagemaker.tuner import SageMakerTuner
 
 RANGES = {
-    "learning_rate": {"type": "continuous", "min_value": 0.001, "max_value": 0.1,
+    "learning_rate": {"type": "continuous", "min_value": 0.001, "max_value": 0.05,
                       "scaling": "Logarithmic"},
-    "mini_batch_size": {"type": "integer", "min_value": 16, "max_value": 18},
+    "mini_batch_size": {"type": "integer", "min_value": 8, "max_value": 9},
     "optimizer": {"type": "categorical", "values": ["sgd", "adam"]},
 }
 
 
-def _best(answer: dict[str, Any]) -> None:
-    best = answer["BestTrainingJob"]
-    best["TunedHyperParameters"] = {"learning_rate": "0.02", "optimizer": '"adam"',
-                                    "mini_batch_size": "17"}
-    best["FinalHyperParameterTuningJobObjectiveMetric"] = {
-        "Type": "Maximize", "MetricName": "validation:accuracy", "Value": 0.91}
-
-
-def _trials(params: dict[str, Any]) -> dict[str, Any]:
-    return {"TrainingJobSummaries": [
-        {"TrainingJobName": f"trial-{i}", "TrainingJobArn": f"arn:trial-{i}",
-         "CreationTime": 0, "TrainingJobStatus": "Completed",
-         "TunedHyperParameters": {"learning_rate": str(0.01 * (i + 1))},
-         "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "validation:accuracy",
-                                                         "Value": 0.8 + i / 100}}
-        for i in range(3)
-    ]}
+def _trials(clients: Any, name: str) -> list[dict[str, Any]]:
+    return clients.sagemaker.list_training_jobs_for_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name)["TrainingJobSummaries"]
 
 
 @pytest.mark.parametrize("strategy", ["Bayesian", "Random", "Hyperband"])
-def test_tuning_job_request_and_result(aws: Any, tmp_path: Path, strategy: str) -> None:
-    patch_answer(aws.session, "DescribeHyperParameterTuningJob", _best)
-    fake_answer(aws.session, "ListTrainingJobsForHyperParameterTuningJob", _trials)
+def test_a_tuning_job_runs_its_trials_and_returns_the_one_that_won(
+    local: Any, tmp_path: Path, strategy: str
+) -> None:
+    clients = local.clients()
     settings = settings_for(
-        tmp_path, train={"epochs": 10},
-        tune={"strategy": strategy, "max_jobs": 6, "max_parallel_jobs": 2, "epochs": 5,
+        tmp_path, train={"epochs": 4},
+        tune={"strategy": strategy, "max_jobs": 2, "max_parallel_jobs": 1, "epochs": 1,
               "early_stopping": "Off" if strategy == "Hyperband" else "Auto",
-              "warm_start_from": "pcam-tune-earlier",
               "ranges": RANGES},
         aws={"tags": {"project": "pcam"}},
     )
-    context = context_for(settings, aws, "tune", {"manifests": s3_manifests(aws, count=8)})
+    context = context_for(settings, clients, "tune", {"manifests": s3_manifests(clients)})
     tuner = SageMakerTuner(progress=False)
     tuner.validate(context)
     result = tuner.run(context)
 
-    job = aws.sagemaker.describe_hyper_parameter_tuning_job(
+    job = clients.sagemaker.describe_hyper_parameter_tuning_job(
         HyperParameterTuningJobName=result.job_name)
-    assert len(result.job_name) <= 32
+    assert len(result.job_name) <= 32 and job["HyperParameterTuningJobStatus"] == "Completed"
     config = job["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == strategy
     assert config["HyperParameterTuningJobObjective"] == {
         "Type": "Maximize", "MetricName": "validation:accuracy"}
-    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 1}
     assert config["ParameterRanges"] == {
         "ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0.001",
-                                       "MaxValue": "0.1", "ScalingType": "Logarithmic"}],
-        "IntegerParameterRanges": [{"Name": "mini_batch_size", "MinValue": "16",
-                                    "MaxValue": "18", "ScalingType": "Auto"}],
+                                       "MaxValue": "0.05", "ScalingType": "Logarithmic"}],
+        "IntegerParameterRanges": [{"Name": "mini_batch_size", "MinValue": "8",
+                                    "MaxValue": "9", "ScalingType": "Auto"}],
         "CategoricalParameterRanges": [{"Name": "optimizer", "Values": ["sgd", "adam"]}],
     }
     if strategy == "Hyperband":
         assert config["TrainingJobEarlyStoppingType"] == "Off"
         assert config["StrategyConfig"] == {
-            "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 5}}
+            "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 1}}
     else:
         assert config["TrainingJobEarlyStoppingType"] == "Auto"
-    definition = job["TrainingJobDefinition"]
-    static = definition["StaticHyperParameters"]
-    assert static["epochs"] == "5" and static["num_training_samples"] == "8"
+    static = job["TrainingJobDefinition"]["StaticHyperParameters"]
+    assert static["epochs"] == "1" and static["num_training_samples"] == "8"
     assert not set(RANGES) & set(static)
-    assert definition["RoleArn"] == ROLE
-    assert [c["ChannelName"] for c in definition["InputDataConfig"]] == ["train", "validation"]
-    assert job["WarmStartConfig"] == {
-        "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "pcam-tune-earlier"}],
-        "WarmStartType": "IdenticalDataAndAlgorithm"}
+    assert job["TrainingJobDefinition"]["RoleArn"] == ROLE
 
+    trials = _trials(clients, result.job_name)
+    assert len(trials) == 2
+    for trial in trials:  # each trial is a training job of its own, with the chosen values
+        assert trial["TrainingJobName"].startswith(result.job_name + "-")
+        sent = clients.sagemaker.describe_training_job(TrainingJobName=trial["TrainingJobName"])
+        assert sent["TuningJobArn"] == job["HyperParameterTuningJobArn"]
+        assert sent["HyperParameters"] == {**static, **trial["TunedHyperParameters"]}
+        assert 0.001 <= float(trial["TunedHyperParameters"]["learning_rate"]) <= 0.05
+    finished = [t for t in trials if t["TrainingJobStatus"] == "Completed"]
+    winner = max(finished, key=lambda t: t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
+    assert job["BestTrainingJob"]["TrainingJobName"] == winner["TrainingJobName"]
     assert isinstance(result, TuningResult)
-    assert result.best_value == pytest.approx(0.91)
-    assert result.best_hyperparameters["learning_rate"] == "0.02"
-    assert result.best_hyperparameters["optimizer"] == "adam"
-    assert result.best_hyperparameters["epochs"] == "5"
+    assert result.best_value == pytest.approx(
+        winner["FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
+    # the tuned ranges' values, and nothing else: tune.epochs stays with the tuning job
+    assert result.best_hyperparameters == winner["TunedHyperParameters"]
+    assert set(result.best_hyperparameters) == set(RANGES)
     with open(result.trials, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["training_job"] for r in rows] == ["trial-0", "trial-1", "trial-2"]
+    assert sorted(r["training_job"] for r in rows) == sorted(t["TrainingJobName"] for t in trials)
 
 
-def test_grid_lists_integer_ranges_as_categories(aws: Any, tmp_path: Path) -> None:
-    patch_answer(aws.session, "DescribeHyperParameterTuningJob", _best)
-    fake_answer(aws.session, "ListTrainingJobsForHyperParameterTuningJob", _trials)
-    ranges = {k: v for k, v in RANGES.items() if k != "learning_rate"}
-    settings = settings_for(tmp_path, tune={"strategy": "Grid", "max_jobs": 6, "ranges": ranges})
-    context = context_for(settings, aws, "tune", {"manifests": s3_manifests(aws)})
+def test_a_grid_runs_every_combination(local: Any, tmp_path: Path) -> None:
+    clients = local.clients()
+    ranges = {"optimizer": {"type": "categorical", "values": ["sgd", "adam"]},
+              "mini_batch_size": {"type": "integer", "min_value": 8, "max_value": 8}}
+    settings = settings_for(tmp_path, tune={"strategy": "Grid", "max_jobs": 5, "ranges": ranges})
+    context = context_for(settings, clients, "tune", {"manifests": s3_manifests(clients)})
     result = SageMakerTuner(progress=False).run(context)
-    config = aws.sagemaker.describe_hyper_parameter_tuning_job(
+    config = clients.sagemaker.describe_hyper_parameter_tuning_job(
         HyperParameterTuningJobName=result.job_name)["HyperParameterTuningJobConfig"]
     assert config["ParameterRanges"] == {"CategoricalParameterRanges": [
-        {"Name": "mini_batch_size", "Values": ["16", "17", "18"]},
+        {"Name": "mini_batch_size", "Values": ["8"]},
         {"Name": "optimizer", "Values": ["sgd", "adam"]},
     ]}
     assert "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]
+    tried = sorted(t["TunedHyperParameters"]["optimizer"] for t in _trials(clients,
+                                                                            result.job_name))
+    assert tried == ["adam", "sgd"]  # the grid's size, not max_jobs
 
 
-def test_tuning_needs_ranges(aws: Any, tmp_path: Path) -> None:
-    context = context_for(settings_for(tmp_path), aws, "tune", {"manifests": s3_manifests(aws)})
+def test_a_tuning_job_whose_trials_all_fail_fails(local: Any, tmp_path: Path) -> None:
+    clients = local.clients()
+    manifests = s3_manifests(clients, count=4)
+    clients.s3.delete_object(Bucket=BUCKET, Key="images/valid/0/valid_000000.jpg")
+    settings = settings_for(tmp_path, tune={"max_jobs": 2, "ranges": RANGES})
+    context = context_for(settings, clients, "tune", {"manifests": manifests})
+    with pytest.raises(JobFailedError, match="All training jobs failed"):
+        SageMakerTuner(progress=False).run(context)
+    trials = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    assert [t["TrainingJobStatus"] for t in trials] == ["Failed", "Failed"]
+
+
+def test_a_warm_start_from_a_missing_tuning_job_is_refused(local: Any, tmp_path: Path) -> None:
+    clients = local.clients()
+    settings = settings_for(tmp_path, tune={"ranges": RANGES, "warm_start_from": "pcam-earlier"})
+    context = context_for(settings, clients, "tune", {"manifests": s3_manifests(clients)})
+    with pytest.raises(AwsError, match="ValidationException: Could not find parent hyper "
+                                       "parameter tuning job 'pcam-earlier'"):
+        SageMakerTuner(progress=False).run(context)
+
+
+def test_a_cpu_training_instance_is_refused(aws_env: Any, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, tune={"ranges": RANGES},
+                            aws={"training": {"instance_type": "ml.m5.large"}})
+    with pytest.raises(ConfigError, match=r"aws\.training\.instance_type: 'ml\.m5\.large'"):
+        SageMakerTuner(progress=False).validate(context_for(settings, None, "tune", {}))
+
+
+def test_tuning_needs_ranges(aws_env: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tune\.ranges"):
-        SageMakerTuner(progress=False).validate(context)
+        SageMakerTuner(progress=False).validate(context_for(settings_for(tmp_path), None,
+                                                            "tune", {}))

@@ -127,6 +127,9 @@ def cmd_teardown(args: argparse.Namespace) -> int:
             stopped = stop_endpoint(endpoint)
             state = "stopped" if stopped else "was not running"
             print(f"{stage}: local endpoint {endpoint.name} ({endpoint.url}) {state}")
+        elif endpoint.backend == "sagemaker" and endpoint.resources.get("local_mode"):
+            print(f"{stage}: SageMaker endpoint {endpoint.name} ran in local mode and ended "
+                  "with it; nothing to delete")
         elif endpoint.backend == "sagemaker":
             _teardown_sagemaker(endpoint, settings)
             print(f"{stage}: SageMaker endpoint {endpoint.name} deleted")

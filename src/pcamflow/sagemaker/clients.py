@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pcamflow.config import AwsSettings
     from pcamflow.stages import Context
 
-__all__ = ["AwsClients", "clients_for", "resolve", "services_for", "services_for_settings"]
+__all__ = ["AwsClients", "clients_for", "resolve", "services_for"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ class AwsClients:
         self.max_attempts = max_attempts
         self.max_pool_connections = max_pool_connections
         self.endpoint_urls = dict(endpoint_urls or {})
+        self.local_mode = False  # set by SageMaker local mode, whose resources end with it
+        self.max_poll_s: float | None = None
         self._clients: dict[str, Any] = {}
+        self._kms: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, aws: AwsSettings, session: boto3.Session | None = None) -> AwsClients:
@@ -72,6 +75,13 @@ class AwsClients:
             max_attempts=aws.max_attempts,
             max_pool_connections=max(10, aws.upload_workers),
         )
+
+    def poll_s(self, aws: AwsSettings) -> float:
+        """Seconds between status checks: ``aws.poll_s``, at most ``max_poll_s`` if set
+        (local mode's jobs are checked often: they run on this machine)."""
+        if self.max_poll_s is None:
+            return float(aws.poll_s)
+        return min(float(aws.poll_s), self.max_poll_s)
 
     @property
     def region(self) -> str:
@@ -136,6 +146,31 @@ class AwsClients:
                 f"aws.bucket: not set, and SageMaker's default bucket cannot be used: {error}"
             ) from None
 
+    def kms_key_arn(self, aws: AwsSettings) -> str | None:
+        """``aws.kms_key_id`` as a key ARN or key ID; an alias is resolved through KMS.
+
+        ``ResourceConfig.VolumeKmsKeyId`` takes a key ID or key ARN only, so an alias
+        (``alias/name`` or its ARN) is looked up once (``DescribeKey``) and its key's ARN used
+        everywhere.
+
+        Raises:
+            ConfigError: the alias names no key.
+        """
+        key = aws.kms_key_id
+        if not key:
+            return None
+        if not (key.startswith("alias/") or ":alias/" in key):
+            return key
+        if key not in self._kms:
+            try:
+                answer = self.client("kms").describe_key(KeyId=key)
+            except Exception as error:  # botocore ClientError: NotFoundException, AccessDenied
+                raise ConfigError(
+                    f"aws.kms_key_id: cannot find the key of {key!r} ({error})"
+                ) from None
+            self._kms[key] = str(answer["KeyMetadata"]["Arn"])
+        return self._kms[key]
+
     def role_arn(self, aws: AwsSettings) -> str:
         """``aws.role_arn``, or the execution role of the SageMaker session this runs in."""
         if aws.role_arn:
@@ -184,15 +219,5 @@ def resolve(clients: AwsClients, aws: AwsSettings, *, create_bucket: bool = True
         role_arn=clients.role_arn(aws),
         bucket=clients.bucket(aws, create=create_bucket),
         image_uri=algorithm_image(clients.region),
+        kms_key_id=clients.kms_key_arn(aws),
     )
-
-
-def services_for_settings(settings: Any) -> dict[str, Any]:
-    """:func:`services_for` new clients when a stage of ``settings`` runs on SageMaker, else ``{}``.
-
-    ``pcamflow run`` passes this to ``Pipeline.run`` so that a re-run can check ``s3://``
-    artifacts of the run before it.
-    """
-    if "sagemaker" not in settings.pipeline.stage_names().values():
-        return {}
-    return services_for(AwsClients.from_settings(settings.aws))

@@ -17,6 +17,7 @@ import attrs
 
 from pcamflow.artifacts import ImageDataset, Manifests
 from pcamflow.errors import ConfigError, DataError
+from pcamflow.sagemaker._stage import AwsStage
 from pcamflow.stages import Context, DataConverter, ManifestBuilder
 
 __all__ = ["S3Converter", "S3ManifestBuilder", "to_s3_manifest"]
@@ -24,7 +25,24 @@ __all__ = ["S3Converter", "S3ManifestBuilder", "to_s3_manifest"]
 log = logging.getLogger(__name__)
 
 
-class S3Converter(DataConverter):
+def _upload_plan(context: Context, files: list[tuple[str, int]], note: str) -> Any:
+    """The requests of uploading ``files`` ((key under the run's prefix, count) pairs)."""
+    from pcamflow.sagemaker.planning import StagePlanner, planned_resolved, planned_root
+    from pcamflow.sagemaker.s3 import put_params
+
+    resolved = planned_resolved(context.settings)
+    planner = StagePlanner(context, resolved.region)
+    root = planned_root(context, resolved)
+    for key, count in files:
+        params = put_params(resolved.bucket, root.join(key).key, resolved.kms_key_id)
+        planner.billed("s3", "PutObject", params, count, note)
+        if resolved.kms_key_id:  # SSE-KMS asks KMS for a data key per object
+            planner.billed("kms", "GenerateDataKey",
+                           {"KeyId": resolved.kms_key_id, "KeySpec": "AES_256"}, count)
+    return planner
+
+
+class S3Converter(AwsStage, DataConverter):
     """Converts PCam to JPEG locally, then uploads the image tree to S3.
 
     Args:
@@ -44,18 +62,34 @@ class S3Converter(DataConverter):
     def validate(self, context: Context) -> None:
         self._local().validate(context)
 
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.planning import source_counts
+
+        counts, read = source_counts(context.settings)
+        total = sum(counts.values())
+        planner = _upload_plan(context, [("images/train/0/train_000000.jpg", total)],
+                               "one per image; already uploaded ones are skipped")
+        if not read:
+            planner.notes.append("image counts are PCam's split sizes (data.source has no "
+                                 "label files yet)")
+        resolved_bucket = planner.requests[0].params["Bucket"]
+        prefix = planner.requests[0].params["Key"].rsplit("/train/", 1)[0] + "/"
+        planner.billed("s3", "ListObjectsV2", {"Bucket": resolved_bucket, "Prefix": prefix},
+                       max(1, -(-total // 1000)), "what is already there, 1,000 keys a page")
+        return planner.plan()
+
     def run(self, context: Context) -> ImageDataset:
         from pcamflow.sagemaker.clients import clients_for
-        from pcamflow.sagemaker.s3 import run_prefix, upload_tree
+        from pcamflow.sagemaker.s3 import run_root, upload_tree
 
         settings = context.settings
         local = self._local().run(context)
         clients = clients_for(context)
         bucket = clients.bucket(settings.aws)
-        target = run_prefix(bucket, settings.aws.prefix, settings.run_dir).join("images")
+        target = run_root(context, bucket).join("images")
         root = local.local_root or local.root
         report = upload_tree(
-            clients.s3, root, target, kms_key_id=settings.aws.kms_key_id,
+            clients.s3, root, target, kms_key_id=clients.kms_key_arn(settings.aws),
             workers=settings.aws.upload_workers, progress=self.progress,
         )
         log.info("images in %s: %d sent, %d already there", target, report.uploaded,
@@ -93,7 +127,7 @@ def to_s3_manifest(local_manifest: Path, local_root: Path, s3_root: str, out: Pa
     return len(lines)
 
 
-class S3ManifestBuilder(ManifestBuilder):
+class S3ManifestBuilder(AwsStage, ManifestBuilder):
     """Builds augmented manifests with ``s3://`` source-refs and uploads them."""
 
     settings_sections = ("manifests", "aws")
@@ -111,10 +145,16 @@ class S3ManifestBuilder(ManifestBuilder):
                 "(the ImageDataset has no local_root)"
             )
 
+    def plan(self, context: Context) -> Any:
+        stage = context.stage_name or "manifests"
+        files = [(f"{stage}/{split}.{kind}", 1) for split in context.settings.data.splits
+                 for kind in ("manifest", "lst")]
+        return _upload_plan(context, files, "").plan()
+
     def run(self, context: Context) -> Manifests:
         from pcamflow.data.manifests import build_manifests
         from pcamflow.sagemaker.clients import clients_for
-        from pcamflow.sagemaker.s3 import S3Uri, run_prefix, upload_file
+        from pcamflow.sagemaker.s3 import S3Uri, run_root, upload_file
 
         self.validate(context)
         settings = context.settings
@@ -128,16 +168,17 @@ class S3ManifestBuilder(ManifestBuilder):
         )
         clients = clients_for(context)
         bucket = S3Uri.parse(dataset.root).bucket
-        target = run_prefix(bucket, settings.aws.prefix, settings.run_dir).join(
+        target = run_root(context, bucket).join(
             context.stage_name or "manifests"
         )
+        kms = clients.kms_key_arn(settings.aws)
         manifests, lsts, counts = {}, {}, {}
         for split, path in local.manifests.items():
             out = context.stage_dir / f"{split}.manifest"
             counts[split] = to_s3_manifest(Path(path), local_root, dataset.root, out)
             manifests[split] = str(upload_file(clients.s3, out, target.join(out.name),
-                                               kms_key_id=settings.aws.kms_key_id))
+                                               kms_key_id=kms))
         for split, path in local.lst.items():
             lsts[split] = str(upload_file(clients.s3, path, target.join(f"{split}.lst"),
-                                          kms_key_id=settings.aws.kms_key_id))
+                                          kms_key_id=kms))
         return Manifests(manifests=manifests, lst=lsts, counts=counts, image_root=dataset.root)

@@ -24,6 +24,38 @@ __all__ = ["SageMakerDeployer", "teardown_endpoint"]
 log = logging.getLogger(__name__)
 
 
+def deploy_requests(
+    context: Context, resolved: Any, model_uri: str
+) -> dict[str, Any]:
+    """The requests of the deployer stage in ``context``: ``model``, ``endpoint_config``,
+    ``endpoint`` and ``scaling`` (Application Auto Scaling's ``(operation, params)`` pairs).
+
+    Both :meth:`SageMakerDeployer.run` and :meth:`SageMakerDeployer.plan` build them here.
+    """
+    import datetime as dt
+
+    from pcamflow.sagemaker.hosting import (
+        endpoint_config_request,
+        endpoint_request,
+        model_request,
+        scaling_requests,
+    )
+    from pcamflow.sagemaker.requests import job_name
+
+    aws, deploy = context.settings.aws, context.settings.deploy
+    when = dt.datetime.now(dt.timezone.utc)
+    model_name = job_name(deploy.name, "model", when)
+    config_name = job_name(deploy.name, "config", when)
+    return {
+        "model": model_request(model_name, model_uri, aws, resolved),
+        "endpoint_config": endpoint_config_request(
+            config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
+            resolved),
+        "endpoint": endpoint_request(deploy.name, config_name, aws),
+        "scaling": scaling_requests(deploy.name, deploy.initial_instance_count, aws),
+    }
+
+
 class SageMakerDeployer(JobStageOptions, Deployer):
     """Deploys the model to a SageMaker real-time endpoint.
 
@@ -45,15 +77,32 @@ class SageMakerDeployer(JobStageOptions, Deployer):
                 "an API key; remove it or use deployer = 'local'"
             )
 
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.planning import StagePlanner, planned_resolved, planned_root
+
+        settings = context.settings
+        aws, deploy = settings.aws, settings.deploy
+        resolved = planned_resolved(settings)
+        planner = StagePlanner(context, resolved.region)
+        model = context.optional_input(ModelArtifact)
+        model_uri = model.uri if model is not None else str(planned_root(
+            context, resolved).join("train", "output", "<training job>", "output",
+                                    "model.tar.gz"))
+        requests = deploy_requests(context, resolved, model_uri)
+        planner.request("sagemaker", "DescribeEndpoint", {"EndpointName": deploy.name})
+        planner.request("sagemaker", "CreateModel", requests["model"])
+        planner.request("sagemaker", "CreateEndpointConfig", requests["endpoint_config"])
+        planner.request("sagemaker", "CreateEndpoint", requests["endpoint"])
+        for operation, params in requests["scaling"]:
+            planner.request("application-autoscaling", operation, params)
+        planner.instance_hours(deploy.instance_type, deploy.initial_instance_count,
+                               aws.endpoint.endpoint_hours,
+                               "aws.endpoint.endpoint_hours; billed until `pcamflow teardown`")
+        return planner.plan()
+
     def run(self, context: Context) -> Endpoint:
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
-        from pcamflow.sagemaker.hosting import (
-            endpoint_config_request,
-            endpoint_request,
-            model_request,
-        )
-        from pcamflow.sagemaker.requests import job_name
 
         settings = context.settings
         aws, deploy = settings.aws, settings.deploy
@@ -66,21 +115,22 @@ class SageMakerDeployer(JobStageOptions, Deployer):
         clients = clients_for(context)
         _check_free(clients, deploy.name)
         resolved = resolve(clients, aws)
-        model_name = job_name(deploy.name, "model")
-        config_name = job_name(deploy.name, "config")
+        requests = deploy_requests(context, resolved, model.uri)
+        model_name = requests["model"]["ModelName"]
+        config_name = requests["endpoint_config"]["EndpointConfigName"]
         resources = {"model": model_name, "endpoint_config": config_name}
-        created: dict[str, str] = {}  # only what this run made is deleted if it fails
+        # what this run asks for is deleted if it fails; each is noted before it is asked for,
+        # so that a Ctrl-C between the request and its answer leaves nothing behind
+        created: dict[str, str] = {}
         try:
-            jobs.create("model", model_request(model_name, model.uri, aws, resolved), clients)
             created["model"] = model_name
-            jobs.create("endpoint_config", endpoint_config_request(
-                config_name, model_name, deploy.instance_type, deploy.initial_instance_count, aws,
-            ), clients)
+            jobs.create("model", requests["model"], clients)
             created["endpoint_config"] = config_name
-            live = jobs.create("endpoint", endpoint_request(deploy.name, config_name, aws), clients)
+            jobs.create("endpoint_config", requests["endpoint_config"], clients)
             created["endpoint"] = deploy.name
-            jobs.wait("endpoint", live, poll_s=aws.poll_s, progress=self.progress)
-            scaling = _autoscale(clients, deploy, aws)
+            live = _create_endpoint(requests["endpoint"], clients, created)
+            jobs.wait("endpoint", live, poll_s=clients.poll_s(aws), progress=self.progress)
+            scaling = _autoscale(clients, deploy.name, requests["scaling"], created)
         except KeyboardInterrupt:
             ask = self.ask or jobs.ask_on_terminal
             if ask(f"Endpoint {deploy.name} is being created (and billed). Delete it?"):
@@ -95,6 +145,8 @@ class SageMakerDeployer(JobStageOptions, Deployer):
             raise
         if scaling:
             resources["autoscaling"] = scaling
+        if clients.local_mode:  # it ends with the process: teardown on AWS must not touch it
+            resources["local_mode"] = "true"
         endpoint = Endpoint(name=deploy.name, backend="sagemaker", region=clients.region,
                             resources=resources)
         log.info("endpoint %s is InService in %s", deploy.name, clients.region)
@@ -104,6 +156,17 @@ class SageMakerDeployer(JobStageOptions, Deployer):
         from pcamflow.sagemaker.clients import clients_for
 
         teardown_endpoint(endpoint, clients_for(context))
+
+
+def _create_endpoint(request: dict[str, Any], clients: Any, created: dict[str, str]) -> Any:
+    """``CreateEndpoint``; refused, the endpoint is not this run's to delete."""
+    from pcamflow.sagemaker import jobs
+
+    try:
+        return jobs.create("endpoint", request, clients)
+    except AwsError:  # e.g. it exists already: someone else's, so leave it alone
+        del created["endpoint"]
+        raise
 
 
 def _check_free(clients: Any, name: str) -> None:
@@ -126,21 +189,26 @@ def _delete_created(clients: Any, created: dict[str, str]) -> None:
     teardown_endpoint(partial, clients, wait="endpoint" in created)
 
 
-def _autoscale(clients: Any, deploy: Any, aws: Any) -> str | None:
-    from pcamflow.sagemaker.hosting import scaling_requests, scaling_resource_id
-
-    requests = scaling_requests(deploy.name, deploy.initial_instance_count, aws)
+def _autoscale(
+    clients: Any, name: str, requests: list[tuple[str, dict[str, Any]]], created: dict[str, str]
+) -> str | None:
+    """Register the scalable target and its policy; the target goes into ``created`` at once,
+    so that a failure after it (the policy refused) deregisters it with the rest."""
     if not requests:
         return None
     scaling = clients.client("application-autoscaling")
+    resource = ""
     for operation, params in requests:
         method = {"RegisterScalableTarget": scaling.register_scalable_target,
                   "PutScalingPolicy": scaling.put_scaling_policy}[operation]
         try:
             method(**params)
         except Exception as error:  # botocore ClientError
-            raise AwsError(f"autoscaling {deploy.name}: {operation} failed: {error}") from None
-    return scaling_resource_id(deploy.name)
+            raise AwsError(f"autoscaling {name}: {operation} failed: {error}") from None
+        if operation == "RegisterScalableTarget":
+            resource = str(params["ResourceId"])
+            created["autoscaling"] = resource
+    return resource or None
 
 
 def _not_found(error: Exception) -> bool:
@@ -175,6 +243,10 @@ def teardown_endpoint(endpoint: Endpoint, clients: Any, *, wait: bool = True) ->
         raise ConfigError(
             f"endpoint {endpoint.name}: not a SageMaker endpoint ({endpoint.backend})"
         )
+    if endpoint.resources.get("local_mode") and not getattr(clients, "local_mode", False):
+        log.info("endpoint %s ran in SageMaker local mode and ended with it: nothing to delete "
+                 "on AWS", endpoint.name)
+        return []
     sagemaker = clients.sagemaker
     deleted: list[str] = []
     steps: list[tuple[str, str | None, Callable[[str], Any]]] = [

@@ -10,6 +10,7 @@ from typing import Any
 
 from pcamflow.config import AwsSettings
 from pcamflow.errors import ConfigError
+from pcamflow.sagemaker.algorithm import BATCH_ACCEPT, has_instance_storage
 from pcamflow.sagemaker.requests import Resolved, tags, vpc_config
 
 __all__ = [
@@ -45,20 +46,25 @@ def transform_job_request(
     input_manifest_uri: str,
     output_uri: str,
     aws: AwsSettings,
+    resolved: Resolved,
 ) -> dict[str, Any]:
-    """``CreateTransformJob``: one image per request, JSON class probabilities back.
+    """``CreateTransformJob``: one image per request, a JSON Lines record of probabilities back.
 
     The input is an S3 *manifest file* listing the images to score, so exactly the test
-    manifest's images are scored; each answer lands at ``<output>/<relative key>.out``.
+    manifest's images are scored; each answer is an object ``<relative key>.out`` under the
+    output path holding ``{"prediction": [...]}``, the algorithm's documented batch answer for
+    ``Accept: application/jsonlines``.
     """
     resources: dict[str, Any] = {
         "InstanceType": aws.evaluation.transform_instance_type,
         "InstanceCount": aws.evaluation.transform_instance_count,
     }
-    output: dict[str, Any] = {"S3OutputPath": output_uri, "Accept": "application/json"}
-    if aws.kms_key_id:
-        resources["VolumeKmsKeyId"] = aws.kms_key_id
-        output["KmsKeyId"] = aws.kms_key_id
+    output: dict[str, Any] = {"S3OutputPath": output_uri, "Accept": BATCH_ACCEPT}
+    if resolved.kms_key_id:
+        output["KmsKeyId"] = resolved.kms_key_id
+        # TransformResources: no VolumeKmsKeyId on instance types with local NVMe storage
+        if not has_instance_storage(aws.evaluation.transform_instance_type):
+            resources["VolumeKmsKeyId"] = resolved.kms_key_id
     request: dict[str, Any] = {
         "TransformJobName": name,
         "ModelName": model_name,
@@ -86,8 +92,12 @@ def endpoint_config_request(
     instance_type: str,
     instance_count: int,
     aws: AwsSettings,
+    resolved: Resolved,
 ) -> dict[str, Any]:
-    """``CreateEndpointConfig``: one variant, optional data capture, KMS-encrypted volume."""
+    """``CreateEndpointConfig``: one variant, optional data capture, KMS-encrypted volume.
+
+    ``KmsKeyId`` is left out on an instance type with local NVMe storage, where AWS refuses it.
+    """
     request: dict[str, Any] = {
         "EndpointConfigName": name,
         "ProductionVariants": [
@@ -107,11 +117,11 @@ def endpoint_config_request(
             "DestinationS3Uri": aws.endpoint.data_capture_s3_uri,
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
         }
-        if aws.kms_key_id:
-            capture["KmsKeyId"] = aws.kms_key_id
+        if resolved.kms_key_id:
+            capture["KmsKeyId"] = resolved.kms_key_id
         request["DataCaptureConfig"] = capture
-    if aws.kms_key_id:
-        request["KmsKeyId"] = aws.kms_key_id
+    if resolved.kms_key_id and not has_instance_storage(instance_type):
+        request["KmsKeyId"] = resolved.kms_key_id
     if aws.tags:
         request["Tags"] = tags(aws)
     return request

@@ -22,11 +22,13 @@ import attrs
 
 from pcamflow.config import AwsSettings, TuneSettings
 from pcamflow.errors import ConfigError
+from pcamflow.sagemaker.algorithm import has_instance_storage
 
 __all__ = [
     "Resolved",
     "channels",
     "check_request",
+    "grid_size",
     "job_name",
     "tags",
     "training_job_request",
@@ -50,12 +52,15 @@ class Resolved:
         role_arn: the SageMaker execution role.
         bucket: the S3 bucket.
         image_uri: the Image Classification algorithm's image for the region.
+        kms_key_id: ``aws.kms_key_id`` as a key ARN (an alias resolved through KMS, since
+            ``VolumeKmsKeyId`` takes a key ID or key ARN only), or None.
     """
 
     region: str
     role_arn: str
     bucket: str
     image_uri: str
+    kms_key_id: str | None = None
 
 
 def algorithm_image(region: str) -> str:
@@ -144,9 +149,11 @@ def _training_parts(aws: AwsSettings, resolved: Resolved, output_uri: str) -> di
         "VolumeSizeInGB": aws.training.volume_size_gb,
     }
     output: dict[str, Any] = {"S3OutputPath": output_uri}
-    if aws.kms_key_id:
-        resources["VolumeKmsKeyId"] = aws.kms_key_id
-        output["KmsKeyId"] = aws.kms_key_id
+    if resolved.kms_key_id:
+        output["KmsKeyId"] = resolved.kms_key_id
+        # ResourceConfig: no VolumeKmsKeyId on instance types with local NVMe storage
+        if not has_instance_storage(aws.training.instance_type):
+            resources["VolumeKmsKeyId"] = resolved.kms_key_id
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": aws.training.max_runtime_s}
     parts: dict[str, Any] = {
         "AlgorithmSpecification": {
@@ -205,6 +212,20 @@ def _parameter_ranges(tune: TuneSettings) -> dict[str, list[dict[str, Any]]]:
         kind = {"continuous": "Continuous", "integer": "Integer", "categorical": "Categorical"}
         ranges[f"{kind[rng.type]}ParameterRanges"].append(rng.to_sagemaker(name))
     return {key: value for key, value in ranges.items() if value}
+
+
+def grid_size(tune: TuneSettings) -> int:
+    """How many training jobs a Grid tuning job runs: every combination of its categories.
+
+    SageMaker computes it so ("Only categorical parameters are supported when using the grid
+    search strategy ... the total number of distinct categorical combinations possible",
+    https://docs.aws.amazon.com/sagemaker/latest/dg/automatic-model-tuning-how-it-works.html);
+    integer ranges are sent as the categories of their whole numbers.
+    """
+    size = 1
+    for entry in _parameter_ranges(tune).get("CategoricalParameterRanges", []):
+        size *= len(entry["Values"])
+    return size
 
 
 def tuning_job_request(

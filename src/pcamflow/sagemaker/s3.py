@@ -1,22 +1,32 @@
 """S3 transfers: parallel, encrypted, resumable uploads of an image tree, and small files.
 
 :func:`upload_tree` lists what is already under the target prefix and uploads only the files
-that are missing there (or differ in size), many at once through boto3's transfer manager, each
-encrypted at rest: SSE-KMS with ``aws.kms_key_id`` when set, SSE-S3 otherwise. An S3 object
-appears whole or not at all, so an interrupted upload resumes by running it again.
+that are missing there or whose content differs, many at once through boto3's transfer manager,
+each encrypted at rest: SSE-KMS with ``aws.kms_key_id`` when set, SSE-S3 otherwise. An object
+counts as the same file only when a checksum says so: the ETag, which S3 documents as the MD5
+of the data for a single-part upload stored with SSE-S3, or else the SHA-256 checksum every
+upload stores with the object (``ChecksumAlgorithm=SHA256``), asked for with ``HeadObject``
+(and, with SSE-KMS, under the same key). An S3 object appears whole or not at all, so an
+interrupted upload resumes by running it again.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from pcamflow.errors import AwsError, ConfigError
+
+if TYPE_CHECKING:
+    from pcamflow.stages import Context
 
 __all__ = [
     "S3Uri",
@@ -24,8 +34,10 @@ __all__ = [
     "download_file",
     "encryption_args",
     "existing_objects",
+    "put_params",
     "read_object",
     "run_prefix",
+    "run_root",
     "s3_probe",
     "upload_file",
     "upload_tree",
@@ -69,7 +81,7 @@ class UploadReport:
 
     Attributes:
         uploaded: files sent this time.
-        skipped: files already in S3 with the same size.
+        skipped: files already in S3 with the same content (checksum).
         bytes_sent: bytes sent this time.
     """
 
@@ -83,6 +95,21 @@ def encryption_args(kms_key_id: str | None) -> dict[str, str]:
     if kms_key_id:
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
     return {"ServerSideEncryption": "AES256"}
+
+
+UPLOAD_CHECKSUM = {"ChecksumAlgorithm": "SHA256"}
+"""Every upload stores a SHA-256 checksum with the object, which a re-run compares."""
+
+
+def put_params(bucket: str, key: str, kms_key_id: str | None) -> dict[str, str]:
+    """The ``PutObject`` parameters of every upload (what ``pcamflow plan`` shows, too)."""
+    return {"Bucket": bucket, "Key": key, **encryption_args(kms_key_id), **UPLOAD_CHECKSUM}
+
+
+def _extra_args(kms_key_id: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = put_params("", "", kms_key_id)
+    del params["Bucket"], params["Key"]
+    return params
 
 
 def s3_probe(s3: Any) -> Callable[[str], bool]:
@@ -106,18 +133,61 @@ def s3_probe(s3: Any) -> Callable[[str], bool]:
     return probe
 
 
-def existing_objects(s3: Any, prefix: S3Uri) -> dict[str, int]:
-    """Key -> size of every object under ``prefix``."""
-    found: dict[str, int] = {}
+def existing_objects(s3: Any, prefix: S3Uri) -> dict[str, dict[str, Any]]:
+    """Key -> ``Size``, ``ETag`` and ``ChecksumAlgorithm`` of each object under ``prefix``."""
+    found: dict[str, dict[str, Any]] = {}
     key_prefix = prefix.key.rstrip("/") + "/" if prefix.key else ""
     paginator = s3.get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=prefix.bucket, Prefix=key_prefix):
             for item in page.get("Contents", []):
-                found[item["Key"]] = int(item["Size"])
+                found[item["Key"]] = {
+                    "Size": int(item["Size"]),
+                    "ETag": str(item.get("ETag", "")).strip('"'),
+                    "ChecksumAlgorithm": list(item.get("ChecksumAlgorithm", [])),
+                }
     except Exception as error:  # botocore ClientError: NoSuchBucket, AccessDenied, ...
         raise AwsError(f"cannot list {prefix}: {error}") from None
     return found
+
+
+def _digests(path: Path) -> tuple[str, str]:
+    """The MD5 (hex, as an ETag) and SHA-256 (base64, as an S3 checksum) of a file."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            md5.update(block)
+            sha.update(block)
+    return md5.hexdigest(), base64.b64encode(sha.digest()).decode()
+
+
+def same_content(
+    s3: Any, bucket: str, key: str, path: Path, listed: Mapping[str, Any],
+    kms_key_id: str | None = None,
+) -> bool:
+    """Whether the object ``key`` (as listed) holds exactly the file ``path``.
+
+    Without KMS, a single-part object's ETag is the MD5 of its data (S3 documents this for
+    SSE-S3 and unencrypted objects), so the listing answers. Otherwise the SHA-256 checksum
+    stored at upload is asked for (``HeadObject`` with ``ChecksumMode=ENABLED``); with a KMS
+    key the object must also be encrypted under it. Anything else counts as different.
+    """
+    if listed.get("Size") != path.stat().st_size:
+        return False
+    md5, sha = _digests(path)
+    etag = str(listed.get("ETag", ""))
+    if not kms_key_id and etag and "-" not in etag:
+        return etag == md5
+    if "SHA256" not in listed.get("ChecksumAlgorithm", []):
+        return False
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except Exception as error:  # botocore ClientError: gone since the listing, or no access
+        log.debug("cannot compare %s with s3://%s/%s: %s", path, bucket, key, error)
+        return False
+    if kms_key_id and not str(head.get("SSEKMSKeyId", "")).endswith(kms_key_id.split("/")[-1]):
+        return False
+    return head.get("ChecksumSHA256") == sha
 
 
 def _files(root: Path, patterns: Iterable[str]) -> list[Path]:
@@ -139,8 +209,8 @@ def upload_tree(
 ) -> UploadReport:
     """Upload the files under ``root`` to ``target``, keeping their relative paths.
 
-    Files already under ``target`` with the same size are skipped, so a re-run after an
-    interruption sends only what is missing.
+    Files already under ``target`` with the same content (see :func:`same_content`) are
+    skipped, so a re-run after an interruption sends only what is missing or changed.
 
     Args:
         s3: a boto3 S3 client (its connection pool should hold ``workers`` connections).
@@ -161,16 +231,21 @@ def upload_tree(
     if not root.is_dir():
         raise ConfigError(f"{root}: no such folder to upload")
     have = existing_objects(s3, target)
-    todo: list[tuple[Path, str]] = []
-    skipped = 0
-    for path in _files(root, patterns):
-        key = target.join(path.relative_to(root).as_posix()).key
-        if have.get(key) == path.stat().st_size:
-            skipped += 1
-        else:
-            todo.append((path, key))
+    candidates = [(path, target.join(path.relative_to(root).as_posix()).key)
+                  for path in _files(root, patterns)]
+
+    def unchanged(item: tuple[Path, str]) -> bool:
+        path, key = item
+        listed = have.get(key)
+        return listed is not None and same_content(s3, target.bucket, key, path, listed,
+                                                   kms_key_id)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        same = list(pool.map(unchanged, candidates))
+    todo = [item for item, kept in zip(candidates, same, strict=True) if not kept]
+    skipped = len(candidates) - len(todo)
     log.info("uploading %d files to %s (%d already there)", len(todo), target, skipped)
-    extra = encryption_args(kms_key_id)
+    extra = _extra_args(kms_key_id)
     config = TransferConfig(max_concurrency=workers, use_threads=True)
     lock = threading.Lock()
     bar = tqdm(
@@ -219,7 +294,7 @@ def upload_file(
     metadata: Mapping[str, str] | None = None,
 ) -> S3Uri:
     """Upload one file, encrypted; returns where it went."""
-    extra: dict[str, Any] = encryption_args(kms_key_id)
+    extra = _extra_args(kms_key_id)
     if metadata:
         extra["Metadata"] = dict(metadata)
     try:
@@ -251,6 +326,17 @@ def read_object(s3: Any, source: S3Uri) -> bytes:
         raise AwsError(f"cannot read {source}: {error}") from None
 
 
-def run_prefix(bucket: str, prefix: str, run_dir: str | Path) -> S3Uri:
-    """Where a run keeps its objects: ``s3://<bucket>/<prefix>/<run folder's name>``."""
-    return S3Uri(bucket, "").join(prefix, Path(run_dir).resolve().name)
+def run_prefix(bucket: str, prefix: str, run_dir: str | Path, run_id: str) -> S3Uri:
+    """Where a run keeps its objects: ``s3://<bucket>/<prefix>/<run folder's name>-<run id>``.
+
+    The run id (kept in ``run.json``) keeps apart two runs whose folders share a name.
+    """
+    return S3Uri(bucket, "").join(prefix, f"{Path(run_dir).resolve().name}-{run_id}")
+
+
+def run_root(context: Context, bucket: str) -> S3Uri:
+    """:func:`run_prefix` of the run ``context`` belongs to."""
+    from pcamflow._io import run_id
+
+    rid = context.run_id or run_id(context.run_dir, create=True)
+    return run_prefix(bucket, context.settings.aws.prefix, context.run_dir, str(rid))

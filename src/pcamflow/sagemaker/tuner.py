@@ -3,8 +3,9 @@
 It searches the ``[tune.ranges]`` the local tuner searches, with the same strategies
 (Bayesian, Random, Hyperband, Grid), objective ``validation:accuracy`` (maximised), limits on
 jobs in all and at once, early stopping and warm start from an earlier tuning job. The
-:class:`~pcamflow.artifacts.TuningResult` holds the best training job's hyperparameters (the
-static ones plus the tuned ones) and a CSV of every trial.
+:class:`~pcamflow.artifacts.TuningResult` holds the best training job's values of the tuned
+ranges, and only those: the tuning job's own static values (``tune.epochs``, say) stay with
+it, and the trainer takes everything else from ``[train]``. A CSV lists every trial.
 """
 
 from __future__ import annotations
@@ -22,9 +23,34 @@ from pcamflow.hyperparameters import Hyperparameters
 from pcamflow.sagemaker._stage import JobStageOptions
 from pcamflow.stages import Context, Tuner
 
-__all__ = ["SageMakerTuner", "best_of", "write_trials"]
+__all__ = ["SageMakerTuner", "best_of", "tuning_request", "write_trials"]
 
 log = logging.getLogger(__name__)
+
+
+def tuning_request(
+    context: Context, resolved: Any, manifests: Manifests, name: str, *, planned: bool = False
+) -> dict[str, Any]:
+    """The ``CreateHyperParameterTuningJob`` request of the tuner stage in ``context``.
+
+    Both :meth:`SageMakerTuner.run` and :meth:`SageMakerTuner.plan` (``planned``) build it
+    here.
+    """
+    from pcamflow.sagemaker.planning import planned_root
+    from pcamflow.sagemaker.requests import tuning_job_request
+    from pcamflow.sagemaker.s3 import run_root
+    from pcamflow.sagemaker.trainer import training_hyperparameters
+
+    settings = context.settings
+    tune = settings.tune
+    base = settings.train.hyperparameters
+    if tune.epochs is not None:
+        base = attrs.evolve(base, epochs=tune.epochs)
+    static = training_hyperparameters(base, manifests)
+    root = planned_root(context, resolved) if planned else run_root(context, resolved.bucket)
+    output = root.join(context.stage_name or "tune", "output")
+    return tuning_job_request(name, tune, static, manifests.manifests, str(output),
+                              settings.aws, resolved)
 
 
 class SageMakerTuner(JobStageOptions, Tuner):
@@ -36,44 +62,79 @@ class SageMakerTuner(JobStageOptions, Tuner):
     """
 
     def validate(self, context: Context) -> None:
-        from pcamflow.sagemaker.trainer import check_aws, check_no_extensions
+        from pcamflow.sagemaker.trainer import check_aws, check_no_extensions, check_training
 
         check_no_extensions(context.settings)
         check_aws(context.settings)
+        check_training(context.settings)
         if not context.settings.tune.ranges:
             raise ConfigError("tune.ranges: the SageMaker tuner needs at least one range")
+
+    def plan(self, context: Context) -> Any:
+        from pcamflow.sagemaker.algorithm import depth_warnings
+        from pcamflow.sagemaker.planning import (
+            StagePlanner,
+            planned_counts,
+            planned_resolved,
+            planned_root,
+        )
+        from pcamflow.sagemaker.requests import grid_size, job_name
+        from pcamflow.sagemaker.trainer import check_no_extensions
+
+        check_no_extensions(context.settings)
+        settings = context.settings
+        tune, training = settings.tune, settings.aws.training
+        resolved = planned_resolved(settings)
+        planner = StagePlanner(context, resolved.region)
+        manifests = context.optional_input(Manifests)
+        counts, estimated = planned_counts(context)
+        if manifests is None:
+            root = planned_root(context, resolved)
+            manifests = Manifests(
+                manifests={s: str(root.join("manifests", f"{s}.manifest")) for s in counts},
+                counts=counts)
+        if estimated:
+            planner.notes.append(estimated)
+        request = tuning_request(context, resolved, manifests,
+                                 job_name(settings.aws.prefix, "tune"), planned=True)
+        planner.request("sagemaker", "CreateHyperParameterTuningJob", request)
+        hp = settings.train.hyperparameters
+        planner.warnings += depth_warnings(hp.num_layers, hp.image_shape)
+        if tune.strategy == "Grid":
+            trials, how = grid_size(tune), "the grid's every combination"
+        else:
+            trials, how = tune.max_jobs, "at most tune.max_jobs"
+        epochs = int(request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"])
+        images = counts.get("train", 0) + counts.get("valid", 0)
+        planner.billed("s3", "GetObject", {"Bucket": resolved.bucket, "Key": "<image>"},
+                       images * epochs * trials,
+                       f"at most: Pipe mode reads every image each epoch ({epochs}) of each "
+                       f"of {trials} training jobs")
+        hours = (training.estimated_runtime_s or training.max_runtime_s) / 3600
+        planner.instance_hours(training.instance_type, training.instance_count * trials, hours,
+                               f"{trials} training jobs ({how})")
+        return planner.plan()
 
     def run(self, context: Context) -> TuningResult:
         from pcamflow.sagemaker import jobs
         from pcamflow.sagemaker.clients import clients_for, resolve
-        from pcamflow.sagemaker.requests import job_name, tuning_job_request
-        from pcamflow.sagemaker.s3 import run_prefix
-        from pcamflow.sagemaker.trainer import training_hyperparameters
+        from pcamflow.sagemaker.requests import grid_size, job_name
 
         settings = context.settings
         aws, tune = settings.aws, settings.tune
         manifests = context.input(Manifests)
-        base = settings.train.hyperparameters
-        if tune.epochs is not None:
-            base = attrs.evolve(base, epochs=tune.epochs)
-        static = training_hyperparameters(base, manifests)
         clients = clients_for(context)
         resolved = resolve(clients, aws)
-        output = run_prefix(resolved.bucket, aws.prefix, settings.run_dir).join(
-            context.stage_name or "tune", "output"
-        )
-        request = tuning_job_request(
-            job_name(aws.prefix, "tune"), tune, static, manifests.manifests, str(output),
-            aws, resolved,
-        )
-        total = tune.max_jobs
+        request = tuning_request(context, resolved, manifests, job_name(aws.prefix, "tune"))
+        static = request["TrainingJobDefinition"]["StaticHyperParameters"]
+        total = grid_size(tune) if tune.strategy == "Grid" else tune.max_jobs
         job = jobs.attach_or_create("tuning", request, clients, context.stage_dir)
         job = jobs.wait(
-            "tuning", job, poll_s=aws.poll_s, progress=self.progress,
+            "tuning", job, poll_s=clients.poll_s(aws), progress=self.progress,
             describe=lambda j: _progress_text(j, total),
             **({"ask": self.ask} if self.ask else {}),
         )
-        best, value = best_of(job, static)
+        best, value = best_of(job, static, tune.ranges)
         trials = write_trials(
             clients, str(job.hyper_parameter_tuning_job_name), context.stage_dir / "trials.csv"
         )
@@ -106,8 +167,15 @@ def _progress_text(job: Any, total: int) -> str:
     return text
 
 
-def best_of(job: Any, static: dict[str, str]) -> tuple[dict[str, str], float | None]:
-    """The best training job's hyperparameters (static + tuned) and objective value.
+def best_of(
+    job: Any, static: dict[str, str], tuned_names: Any
+) -> tuple[dict[str, str], float | None]:
+    """The best training job's values of the tuned ranges, and its objective value.
+
+    Args:
+        job: the finished tuning job (sagemaker-core resource).
+        static: the static hyperparameters the tuning job ran with (to check the values).
+        tuned_names: the names of the tuned ranges; only these are returned.
 
     Raises:
         AwsError: the tuning job has no best training job (no trial reported the objective).
@@ -120,11 +188,11 @@ def best_of(job: Any, static: dict[str, str]) -> tuple[dict[str, str], float | N
             "no trial reported validation:accuracy"
         )
     # the tuner quotes categorical values in some versions ('"sgd"'): strip the quotes
-    merged = {**static, **{k: str(v).strip('"') for k, v in tuned.items()}}
-    Hyperparameters.from_sagemaker(merged)  # a value outside the contract is an error here
+    values = {k: str(v).strip('"') for k, v in tuned.items() if k in set(tuned_names)}
+    Hyperparameters.from_sagemaker({**static, **values})  # outside the contract: an error
     metric = getattr(best, "final_hyper_parameter_tuning_job_objective_metric", None)
     value = getattr(metric, "value", None)
-    return merged, float(value) if isinstance(value, int | float) else None
+    return values, float(value) if isinstance(value, int | float) else None
 
 
 def write_trials(clients: Any, tuning_job: str, path: Path) -> Path:

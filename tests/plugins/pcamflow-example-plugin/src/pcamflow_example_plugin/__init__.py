@@ -12,9 +12,10 @@ from PIL import Image
 
 from pcamflow.artifacts import ImageDataset
 from pcamflow.errors import ConfigError
+from pcamflow.plan import CostLine, Plan, PlannedRequest
 from pcamflow.stages import Context, DataConverter
 
-__all__ = ["GreyConverter", "SolidColourConverter"]
+__all__ = ["GreyConverter", "PricedConverter", "SolidColourConverter"]
 
 COLOURS = {"0": (230, 170, 200), "1": (90, 40, 130)}
 
@@ -52,3 +53,18 @@ class SolidColourConverter(DataConverter):
 
 class GreyConverter(SolidColourConverter):
     """The same converter in grey, registered under a taken name to test duplicate detection."""
+
+
+class PricedConverter(SolidColourConverter):
+    """The same converter, as if it also stored each image with a paid service.
+
+    Its ``plan`` says so, which is all the spend guard needs: no name is checked.
+    """
+
+    def plan(self, context: Context) -> Plan:
+        images = 2 * self.per_class * len(context.settings.data.splits)
+        request = PlannedRequest(context.stage_name, "example-store", "Put", {"Key": "<image>"},
+                                 count=images)
+        cost = CostLine(context.stage_name, "example-store Put", images / 1000,
+                        "1,000 requests", 0.005, "example-region")
+        return Plan(requests=(request,), costs=(cost,))
