@@ -4,12 +4,14 @@ where attrs validators' failures become pcamflow's messages."""
 from __future__ import annotations
 
 import json
+import math
 
 import attrs
 import cattrs
 import pytest
+from attrs.validators import deep_mapping, ge, gt, in_, le, lt, optional
 
-from pcamflow._validation import allowed
+from pcamflow._validation import FINITE, INTEGER, NUMBER, STRING, allowed, checked
 from pcamflow.artifacts import Artifact, Evaluation, ModelArtifact
 from pcamflow.errors import ConfigError
 
@@ -58,6 +60,29 @@ def test_a_malformed_artifact_record_is_refused_naming_the_field(change, problem
     assert problem in " ".join(cattrs.transform_error(caught.value))
 
 
+@attrs.frozen(kw_only=True, field_transformer=checked(ConfigError))
+class _Toy:
+    count: int = attrs.field(default=1, validator=[INTEGER, ge(1), le(9)])
+    rate: float = attrs.field(default=0.5, validator=[NUMBER, gt(0.0), lt(1.0)])
+    size: float = attrs.field(default=1.0, validator=[NUMBER, FINITE, ge(0)])
+    pick: str | None = attrs.field(default=None, validator=optional(in_(("a", "b"))))
+    costs: dict[str, float] = attrs.field(factory=dict, validator=deep_mapping(STRING, FINITE))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"count": 0}, "count: 0 is outside 1..9"),
+        ({"count": True}, "count: expected an integer, got True"),
+        ({"count": "3"}, "count: expected an integer, got '3'"),
+        ({"rate": 1.0}, "rate: 1.0 is outside (0.0, 1.0)"),
+        ({"rate": math.nan}, "rate: nan is outside (0.0, 1.0)"),
+        ({"size": math.inf}, "size: inf is not a finite number"),
+        ({"size": -1}, "size: -1 must be at least 0"),
+        ({"pick": "c"}, "pick: 'c' is not one of a, b"),
+        ({"costs": {"ml.m5": math.nan}}, 'costs."ml.m5": nan is not a finite number'),
+    ],
+)
 def test_attrs_validators_fail_in_our_words(values, message):
     with pytest.raises(ConfigError) as caught:
         _Toy(**values)
