@@ -10,6 +10,7 @@ from pcamflow.errors import MissingExtraError
 EXTRAS = {
     "local": ("torch", "optuna", "fastapi", "uvicorn", "safetensors", "psutil", "filelock"),
     "sagemaker": ("boto3", "sagemaker.core"),
+    "mlflow": ("mlflow",),
 }
 
 

@@ -46,17 +46,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"'pcamflow plan {args.config}' and re-run with --yes"
             )
         services = services_for_settings(settings)
+    from pcamflow.commands import report
+
+    observers = report.run_observers(settings)  # the run report; MLflow with [tracking]
     result = pipeline.run(
         settings,
         force=args.force,
         from_stage=getattr(args, "from"),
         only=args.only,
         services=services,
+        observers=observers,
     )
     print(f"run folder: {result.run_dir}")
     for name, record in result.records.items():
         mark = "ran" if name in result.ran else "complete"
         print(f"  {name:<10} {record.status:<10} {mark:<9} {record.duration_s or 0:8.1f} s")
+    report.print_summaries(observers)
     return 0
 
 
@@ -121,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    from pcamflow.commands import data, local, sagemaker
+    from pcamflow.commands import data, local, report, sagemaker
 
-    return [data.register, local.register, sagemaker.register]
+    return [data.register, local.register, sagemaker.register, report.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
