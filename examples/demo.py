@@ -6,7 +6,8 @@
 2. explores them (montages, class balance, channel statistics, duplicates);
 3. runs the pipeline of ``examples/local.toml``: convert -> manifests -> tune -> train ->
    evaluate -> deploy (a re-run resumes, skipping complete stages);
-4. prints the test metrics;
+4. prints the test metrics and where the run report is (``runs/demo/report.html``: every
+   stage, the data, the tuning trials, the training curves, the evaluation, the endpoint);
 5. asks the local endpoint about a few test patches through a stock boto3 SageMaker runtime
    client, prints the answers, and tears the endpoint down.
 """
@@ -27,6 +28,7 @@ from pcamflow.data.manifests import read_manifest, uri_to_path
 from pcamflow.data.synth import write_synthetic_pcam
 from pcamflow.evaluation import format_metrics_table
 from pcamflow.stages import Context
+from pcamflow.tracking import observers_for
 
 SIZES = {"train": 2000, "valid": 500, "test": 500}
 
@@ -76,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     print(f"pipeline: {' -> '.join(pipeline.names)}")
-    result = pipeline.run(settings)
+    # the run report (runs/demo/report.html), and MLflow when the settings have [tracking]
+    observers = observers_for(settings)
+    result = pipeline.run(settings, observers=observers)
 
     evaluation = next(a for a in result.artifacts.values() if isinstance(a, Evaluation))
     print("\ntest metrics:")
     print(format_metrics_table(evaluation.metrics))
-    print(f"report: {evaluation.report}")
+    print(f"evaluation report: {evaluation.report}")
+    for observer in observers:
+        if line := observer.summary():
+            print(line)
 
     endpoint = next((a for a in result.artifacts.values() if isinstance(a, Endpoint)), None)
     if endpoint is not None:
