@@ -54,8 +54,8 @@ scaling = "Logarithmic"
 
 [train]
 num_layers = 20
-image_shape = "3,32,32"
-resize = 32
+image_shape = "3,16,16"
+resize = 16
 epochs = 2
 mini_batch_size = 32
 optimizer = "adam"

@@ -52,6 +52,7 @@ def runs_of(client, experiment: str) -> tuple[list, list]:
     return top, nested
 
 
+@pytest.mark.slow
 @needs_mlflow
 def test_a_whole_run_is_in_mlflow(full_run, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -111,7 +112,8 @@ def test_a_whole_run_is_in_mlflow(full_run, monkeypatch) -> None:
 
 
 @needs_mlflow
-def test_a_failed_run_is_failed_in_mlflow_and_its_rerun_is_a_new_run(tmp_path, file_store):
+def test_failed_resumed_and_idle_runs_in_mlflow(tmp_path, file_store):
+    # a failed run is FAILED, its re-run a new run, a re-run that runs nothing no run at all
     settings = Settings.from_dict({"pipeline": {"run_dir": str(tmp_path / "run")},
                                    "tracking": {"mlflow_uri": file_store, "experiment": "flaky"}})
     settings.run_dir.mkdir(parents=True)
@@ -120,6 +122,9 @@ def test_a_failed_run_is_failed_in_mlflow_and_its_rerun_is_a_new_run(tmp_path, f
         pipeline().run(settings, observers=[MlflowTracker(settings.tracking)])
     (settings.run_dir / "fail-train").unlink()
     pipeline().run(settings, observers=[MlflowTracker(settings.tracking)])
+    idle = MlflowTracker(settings.tracking)
+    pipeline().run(settings, observers=[idle])  # every stage complete: nothing to log
+    assert idle.summary() is None
 
     failed, again = runs_of(client_for(file_store), "flaky")[0]
     assert failed.info.status == "FAILED"

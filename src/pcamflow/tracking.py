@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pcamflow._extras import require
 from pcamflow._io import RUN_FILE, StageRecord
@@ -89,13 +90,13 @@ def settings_params(settings: Any) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _file_store_allowed(uri: str) -> Iterator[None]:
-    """Let MLflow open its file store for an explicit ``file:`` URI.
+    """Let MLflow open its file store for a ``file:`` URI (or a plain path).
 
     MLflow 3 keeps the file store in maintenance mode and refuses it unless
     ``MLFLOW_ALLOW_FILE_STORE`` is true; a settings file naming a ``file:`` URI asks for it, so
     it is allowed while the tracker works, then the variable is restored.
     """
-    if not uri.startswith("file:") or _FILE_STORE_ENV in os.environ:
+    if urlparse(uri).scheme not in ("", "file") or _FILE_STORE_ENV in os.environ:
         yield
         return
     os.environ[_FILE_STORE_ENV] = "true"
@@ -200,6 +201,12 @@ class MlflowTracker(RunObserver):
             return
         try:
             client = self._client_for_run()
+            if error is None and not result.ran:
+                # every stage was complete already: this call made nothing to compare
+                client.delete_run(self.run_id)
+                log.info("mlflow: no stage ran; run %s deleted", self.run_id)
+                self.run_id = None
+                return
             for path in (result.run_dir / REPORT_FILE, result.run_dir / RUN_FILE):
                 if path.is_file():
                     client.log_artifact(self.run_id, str(path))

@@ -84,6 +84,7 @@ def read_page(run_dir: Path) -> Page:
 # --- a whole run ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pcamflow_run_prints_the_report_and_it_has_every_section(full_run) -> None:
     report = full_run.run_dir / "report.html"
     assert f"report: {report}" in full_run.stdout.splitlines()
@@ -97,6 +98,7 @@ def test_pcamflow_run_prints_the_report_and_it_has_every_section(full_run) -> No
     assert "[train]" in page.text("stages") and "extensions.num_workers" in page.text("stages")
 
 
+@pytest.mark.slow
 def test_the_data_section_counts_each_split_and_class_as_the_hdf5_labels_do(
     full_run, pcam_dir: Path
 ) -> None:
@@ -112,6 +114,7 @@ def test_the_data_section_counts_each_split_and_class_as_the_hdf5_labels_do(
     assert (full_run.run_dir / explore[0]).exists()
 
 
+@pytest.mark.slow
 def test_the_tuning_section_shows_every_trial_of_the_tuners_table_and_a_plot(full_run) -> None:
     page = read_page(full_run.run_dir)
     with open(full_run.run_dir / "tune" / "trials.csv", newline="") as handle:
@@ -124,6 +127,7 @@ def test_the_tuning_section_shows_every_trial_of_the_tuners_table_and_a_plot(ful
     assert "Trials (2)" in page.text("tuning")
 
 
+@pytest.mark.slow
 def test_the_training_section_draws_the_metric_lines_of_every_epoch(full_run) -> None:
     train = full_run.run_dir / "train"
     history = json.loads((train / "history.json").read_text())
@@ -144,6 +148,7 @@ def test_the_training_section_draws_the_metric_lines_of_every_epoch(full_run) ->
     assert (full_run.run_dir / "report_files" / "training.png").exists()
 
 
+@pytest.mark.slow
 def test_the_evaluation_section_shows_the_metrics_and_the_evaluations_own_plots(full_run) -> None:
     page = read_page(full_run.run_dir)
     evaluate = full_run.run_dir / "evaluate"
@@ -159,6 +164,7 @@ def test_the_evaluation_section_shows_the_metrics_and_the_evaluations_own_plots(
     assert "evaluate/report.html" in page.sections["evaluation"]["links"]
 
 
+@pytest.mark.slow
 def test_the_endpoint_section_names_the_endpoint(full_run) -> None:
     page = read_page(full_run.run_dir)
     deployed = read_run_record(full_run.run_dir)["deploy"].load_artifact()
@@ -167,6 +173,7 @@ def test_the_endpoint_section_names_the_endpoint(full_run) -> None:
     assert f"pcamflow teardown {full_run.run_dir}" in page.text("endpoint")
 
 
+@pytest.mark.slow
 def test_pcamflow_report_rebuilds_the_same_page(full_run, capsys) -> None:
     report = full_run.run_dir / "report.html"
 
@@ -181,6 +188,8 @@ def test_pcamflow_report_rebuilds_the_same_page(full_run, capsys) -> None:
         assert body(report.read_text()) == before
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING)
 def test_the_page_loads_offline_in_chromium_with_no_console_errors(full_run) -> None:

@@ -280,7 +280,7 @@ def test_the_trainer_stage_writes_its_metric_lines_as_history_json_across_a_resu
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = Settings.from_dict({
-        "train": {"num_layers": 20, "image_shape": "3,32,32", "resize": 32, "epochs": 2,
+        "train": {"num_layers": 20, "image_shape": "3,16,16", "resize": 16, "epochs": 2,
                   "mini_batch_size": 16, "optimizer": "adam", "learning_rate": 0.003,
                   "extensions": {"num_workers": 0}},
     })
