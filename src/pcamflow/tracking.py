@@ -151,19 +151,21 @@ class MlflowTracker(RunObserver):
                 "pcamflow.version": __version__,
                 **self.tracking.tags,
             }
-            if getattr(settings, "source", None):
-                tags["pcamflow.settings_file"] = str(Path(settings.source).resolve())
+            source = getattr(settings, "source", None)
+            if source:
+                tags["pcamflow.settings_file"] = str(Path(source).resolve())
             run = client.create_run(self.experiment_id, tags=tags,
                                     run_name=self.tracking.run_name or self._run_dir.name)
             self.run_id = run.info.run_id
             self._log(params=settings_params(settings))
-            source = getattr(settings, "source", None)
             if source and Path(source).is_file():
                 client.log_artifact(self.run_id, source)
         except Exception as error:
+            if self.run_id is not None:  # opened, then failed: do not leave it RUNNING
+                with contextlib.suppress(Exception):
+                    self._client_for_run().set_terminated(self.run_id, status="FAILED")
+                self.run_id = None
             self._allowance.close()
-            if isinstance(error, TrackingError):
-                raise
             raise TrackingError(
                 f"tracking.mlflow_uri: cannot start an MLflow run at {self.uri!r} "
                 f"(experiment {self.tracking.experiment!r}): {type(error).__name__}: {error}"
