@@ -9,7 +9,8 @@
    deploy (a re-run resumes, skipping complete stages); with ``--local-mode``, the SageMaker
    stages run in SageMaker local mode on this machine (upload to S3, tuning job, training
    job, batch transform, endpoint), and nothing is sent to AWS;
-4. prints the test metrics;
+4. prints the test metrics and where the run report is (``<run folder>/report.html``: every
+   stage, the data, the tuning trials, the training curves, the evaluation, the endpoint);
 5. asks the endpoint about a few test patches through a stock boto3 SageMaker runtime client,
    prints the answers, and tears the endpoint down.
 """
@@ -33,6 +34,7 @@ from pcamflow.data.manifests import read_manifest, uri_to_path
 from pcamflow.data.synth import write_synthetic_pcam
 from pcamflow.evaluation import format_metrics_table
 from pcamflow.stages import Context
+from pcamflow.tracking import observers_for
 
 SIZES = {"train": 2000, "valid": 500, "test": 500}
 
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     print(f"pipeline: {' -> '.join(pipeline.names)}")
+    # the run report (<run folder>/report.html), and MLflow when the settings have [tracking]
+    observers = observers_for(settings)
     with contextlib.ExitStack() as stack:
         services: dict[str, Any] = {}
         if args.local_mode:
@@ -113,12 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                                                   threads=1))
             services = local.services()
             print(f"SageMaker local mode in {local.region}: nothing is sent to AWS")
-        result = pipeline.run(settings, services=services)
+        result = pipeline.run(settings, services=services, observers=observers)
 
         evaluation = next(a for a in result.artifacts.values() if isinstance(a, Evaluation))
         print("\ntest metrics:")
         print(format_metrics_table(evaluation.metrics))
-        print(f"report: {evaluation.report}")
+        print(f"evaluation report: {evaluation.report}")
+        for observer in observers:
+            if line := observer.summary():
+                print(line)
 
         endpoint = next((a for a in result.artifacts.values() if isinstance(a, Endpoint)), None)
         if endpoint is not None:

@@ -56,6 +56,13 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
             "train.checkpoint_frequency: 5 is greater than epochs (4)",
         ),
         ({"pipeline": "run"}, "pipeline: expected a table, got 'run'"),
+        ({"tracking": {"mlflow_uri": ""}}, "tracking.mlflow_uri: '' must not be empty"),
+        ({"tracking": {"experiment": ""}}, "tracking.experiment: '' must not be empty"),
+        ({"tracking": {"tags": {"team": 7}}}, "tracking.tags.team: expected a string, got 7"),
+        (
+            {"tracking": {"mlflow_url": "file:/tmp/mlruns"}},
+            "tracking.mlflow_url: unknown setting; did you mean 'mlflow_uri'?",
+        ),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_its_key(table, message):

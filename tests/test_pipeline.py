@@ -13,7 +13,7 @@ from _stages import FileConverter, FileManifests, FlakyTrainer, calls, pipeline
 from pcamflow import Pipeline, Settings
 from pcamflow.artifacts import ModelArtifact
 from pcamflow.errors import MissingInputError, PipelineDefinitionError, StageNameNotUniqueError
-from pcamflow.pipeline import read_run_record
+from pcamflow.pipeline import RunObserver, read_run_record
 
 
 @pytest.fixture
@@ -200,3 +200,86 @@ def test_run_json_is_never_left_half_written(settings):
     leftovers = [p for p in settings.run_dir.iterdir() if p.name.startswith(".run.json")]
     assert leftovers == []
     assert os.path.getsize(settings.run_dir / "run.json") > 0
+
+
+class Recorder(RunObserver):
+    """Writes down what the runner tells it."""
+
+    def __init__(self, fail_in: str | None = None) -> None:
+        self.events: list[tuple] = []
+        self.fail_in = fail_in
+
+    def _note(self, *event) -> None:
+        self.events.append(event)
+        if self.fail_in == event[0]:
+            raise OSError(f"observer broke in {event[0]}")
+
+    def run_started(self, run_dir, settings, stages) -> None:
+        self._note("run_started", dict(stages))
+
+    def stage_ended(self, name, record, ran) -> None:
+        self._note("stage_ended", name, record.status, ran)
+
+    def run_ended(self, result, error) -> None:
+        self._note("run_ended", result.ran, type(error).__name__ if error else None)
+
+
+KINDS = {"convert": "converter", "manifests": "manifest_builder", "train": "trainer"}
+
+
+def test_observers_hear_of_every_stage_ran_or_found_complete(settings):
+    first = Recorder()
+    pipeline().run(settings, observers=[first])
+    assert first.events == [
+        ("run_started", KINDS),
+        ("stage_ended", "convert", "completed", True),
+        ("stage_ended", "manifests", "completed", True),
+        ("stage_ended", "train", "completed", True),
+        ("run_ended", ("convert", "manifests", "train"), None),
+    ]
+    again = Recorder()
+    pipeline().run(settings, observers=[again], from_stage="train")
+    assert again.events == [
+        ("run_started", KINDS),
+        ("stage_ended", "convert", "completed", False),
+        ("stage_ended", "manifests", "completed", False),
+        ("stage_ended", "train", "completed", True),
+        ("run_ended", ("train",), None),
+    ]
+
+
+def test_observers_hear_of_a_failed_stage_and_the_end_of_the_run(settings):
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "fail-train").touch()
+    observer = Recorder()
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipeline().run(settings, observers=[observer])
+    assert observer.events[-2:] == [
+        ("stage_ended", "train", "failed", True),
+        ("run_ended", ("convert", "manifests", "train"), "RuntimeError"),
+    ]
+
+
+def test_an_observer_that_breaks_after_the_start_costs_no_work(settings, caplog):
+    broken, other = Recorder(fail_in="stage_ended"), Recorder()
+    result = pipeline().run(settings, observers=[broken, other])
+    assert result.ran == ("convert", "manifests", "train")
+    assert len(other.events) == 5  # the next observer still hears everything
+    assert "Recorder.stage_ended failed: OSError: observer broke in stage_ended" in caplog.text
+
+
+def test_an_observer_that_cannot_start_stops_the_run_before_any_stage(settings):
+    with pytest.raises(OSError, match="observer broke in run_started"):
+        pipeline().run(settings, observers=[Recorder(fail_in="run_started")])
+    assert calls(settings.run_dir) == []
+
+
+def test_run_json_records_each_stages_kind_and_the_settings_it_ran_with(settings):
+    changed = with_train(settings, epochs=3)
+    pipeline().run(changed)
+    records = read_run_record(settings.run_dir)
+    assert {name: r.kind for name, r in records.items()} == KINDS
+    assert records["train"].settings == {"train": changed.to_dict()["train"]}
+    assert records["train"].settings["train"]["epochs"] == 3
+    assert records["convert"].settings == {
+        "data": changed.to_dict()["data"], "convert": changed.to_dict()["convert"]}

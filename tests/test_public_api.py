@@ -25,9 +25,10 @@ def test_every_error_derives_from_the_root_and_is_drawn_in_the_docstring():
 def test_the_core_imports_neither_torch_nor_the_sagemaker_sdk():
     code = (
         "import sys, pcamflow, pcamflow.cli, pcamflow.registry, pcamflow.testing\n"
+        "import pcamflow.tracking, pcamflow.evaluation.run_report, pcamflow.commands.report\n"
         "from pcamflow.registry import Registry\n"
         "Registry.from_entry_points()\n"
-        "names = ('torch', 'sagemaker', 'boto3', 'optuna', 'fastapi')\n"
+        "names = ('torch', 'sagemaker', 'boto3', 'optuna', 'fastapi', 'mlflow')\n"
         "heavy = [m for m in names if m in sys.modules]\n"
         "print(heavy)\n"
     )

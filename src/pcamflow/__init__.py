@@ -2,7 +2,8 @@
 
 The pipeline's steps are stages (:mod:`pcamflow.stages`) that make artifacts
 (:mod:`pcamflow.artifacts`); a :class:`Pipeline` runs them with resume, from :class:`Settings`
-read from one TOML file, with stage implementations found in a :class:`Registry`. The local
+read from one TOML file, with stage implementations found in a :class:`Registry`;
+:class:`RunObserver` objects follow a run (the run report, MLflow tracking). The local
 backend (``pcamflow[local]``) and the SageMaker backend (``pcamflow[sagemaker]``) are extras.
 """
 
@@ -28,7 +29,7 @@ from pcamflow.errors import (
     StageError,
 )
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
-from pcamflow.pipeline import Pipeline, RunResult
+from pcamflow.pipeline import Pipeline, RunObserver, RunResult
 from pcamflow.registry import Registry
 from pcamflow.stages import (
     Context,
@@ -67,6 +68,7 @@ __all__ = [
     "PipelineDefinitionError",
     "Registry",
     "RegistryError",
+    "RunObserver",
     "RunResult",
     "Settings",
     "Stage",

@@ -11,6 +11,7 @@ EXTRAS = {
     "local": ("torch", "optuna", "fastapi", "uvicorn", "safetensors", "psutil", "filelock"),
     "sagemaker": ("boto3", "sagemaker.core"),
     "localmode": ("moto",),
+    "mlflow": ("mlflow",),
 }
 
 

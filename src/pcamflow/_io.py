@@ -141,7 +141,13 @@ def utc_now() -> str:
 
 @attrs.frozen
 class StageRecord:
-    """What ``run.json`` says of one stage."""
+    """What ``run.json`` says of one stage.
+
+    ``kind`` is the stage's kind (``trainer``, ...). ``settings`` holds the settings tables the
+    stage's fingerprint covers as they were when it ran, shaped as in the TOML file
+    (``{"train": {...}}``), and its own options under ``"options"`` when it has any. Records
+    written before pcamflow kept these two have None.
+    """
 
     name: str
     stage: str
@@ -152,6 +158,8 @@ class StageRecord:
     duration_s: float | None = None
     artifact: dict[str, Any] | None = None
     error: str | None = None
+    kind: str | None = None
+    settings: dict[str, Any] | None = None
 
     def load_artifact(self) -> Artifact | None:
         """The recorded artifact, rebuilt."""

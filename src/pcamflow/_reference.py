@@ -167,6 +167,7 @@ def settings_reference() -> str:
         ("[aws.training]", config.AwsTrainingSettings),
         ("[aws.evaluation]", config.AwsEvaluationSettings),
         ("[aws.endpoint]", config.AwsEndpointSettings),
+        ("[tracking]", config.TrackingSettings),
     ]:
         lines += _table(title, cls)
         if cls is config.AwsSettings:

@@ -50,14 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _services(args, settings) as services:
         # every stage answers for what it would spend: no stage is trusted by its name
         _spend_guard(pipeline.plan(settings, services), args.config, args.yes)
-        result = pipeline.run(
-            settings,
-            force=args.force,
-            from_stage=getattr(args, "from"),
-            only=args.only,
-            services=services,
-        )
-        _print_result(result)
+        _run(pipeline, settings, services, force=args.force, from_stage=getattr(args, "from"),
+             only=args.only)
     return 0
 
 
@@ -73,11 +67,17 @@ def _services(args: argparse.Namespace, settings) -> Iterator[dict[str, object]]
         yield services
 
 
-def _print_result(result) -> None:
+def _run(pipeline, settings, services: dict[str, object], **options: object) -> None:
+    """Run ``pipeline`` with the run report (and MLflow, with ``[tracking]``); print the result."""
+    from pcamflow.commands import report
+
+    observers = report.run_observers(settings)
+    result = pipeline.run(settings, services=services, observers=observers, **options)
     print(f"run folder: {result.run_dir}")
     for name, record in result.records.items():
         mark = "ran" if name in result.ran else "complete"
         print(f"  {name:<10} {record.status:<10} {mark:<9} {record.duration_s or 0:8.1f} s")
+    report.print_summaries(observers)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"pcamflow: this run would spend {total}; add --yes to run it",
                   file=sys.stderr)
             return 2
-        _print_result(pipeline.run(settings, services=services))
+        _run(pipeline, settings, services)
     return 0
 
 
@@ -186,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    from pcamflow.commands import data, local, sagemaker
+    from pcamflow.commands import data, local, report, sagemaker
 
-    return [data.register, local.register, sagemaker.register]
+    return [data.register, local.register, sagemaker.register, report.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

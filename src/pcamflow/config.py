@@ -4,7 +4,8 @@ Each table of the file is one class: ``[pipeline]`` says where the run lives and
 registered implementation runs each stage; ``[data]``, ``[convert]``, ``[manifests]``,
 ``[tune]``, ``[train]``, ``[evaluate]``, ``[deploy]`` and ``[aws]`` (with ``[aws.network]``,
 ``[aws.training]``, ``[aws.evaluation]`` and ``[aws.endpoint]``, in
-:mod:`pcamflow.aws_settings`) configure the stages.
+:mod:`pcamflow.aws_settings`) configure the stages; ``[tracking]`` says where a run is logged
+for comparison with others (MLflow), and changes no stage's output.
 The file is structured by pcamflow's one cattrs converter (:mod:`pcamflow._structure`); the
 checks are :mod:`attrs.validators` on the fields, so building a class in code checks the same.
 An unknown key, a value of the wrong type or a value outside what is allowed raises
@@ -59,6 +60,7 @@ __all__ = [
     "ManifestSettings",
     "PipelineSettings",
     "Settings",
+    "TrackingSettings",
     "TrainSettings",
     "TuneSettings",
 ]
@@ -281,6 +283,33 @@ class DeploySettings:
     initial_instance_count: int = attrs.field(default=1, validator=_COUNT)
 
 
+@attrs.frozen(kw_only=True, field_transformer=_checked)
+class TrackingSettings:
+    """``[tracking]``: log each run to MLflow (needs the ``mlflow`` extra).
+
+    Attributes:
+        mlflow_uri: the MLflow tracking URI: ``file:/path/mlruns``, ``sqlite:///mlflow.db``,
+            ``http(s)://host``, or a SageMaker managed MLflow server's ARN (with the
+            ``sagemaker-mlflow`` package). Unset: no tracking.
+        experiment: the MLflow experiment the run is logged in (created when missing).
+        run_name: the MLflow run's name (unset: the run folder's name).
+        tags: tags put on every MLflow run of this file.
+        log_model: upload the model archive as an artifact of the run (a model in S3 is
+            recorded by its URI either way).
+    """
+
+    mlflow_uri: str | None = attrs.field(default=None, validator=optional(min_len(1)))
+    experiment: str = attrs.field(default="pcamflow", validator=min_len(1))
+    run_name: str | None = attrs.field(default=None, validator=optional(min_len(1)))
+    tags: dict[str, str] = attrs.field(factory=dict)
+    log_model: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether runs are logged to MLflow."""
+        return self.mlflow_uri is not None
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """All settings of one run, one attribute per TOML table.
@@ -297,6 +326,7 @@ class Settings:
     evaluate: EvaluateSettings = attrs.field(factory=EvaluateSettings)
     deploy: DeploySettings = attrs.field(factory=DeploySettings)
     aws: AwsSettings = attrs.field(factory=AwsSettings)
+    tracking: TrackingSettings = attrs.field(factory=TrackingSettings)
     source: str | None = attrs.field(default=None, eq=False, metadata={OMIT: True})
 
     def __attrs_post_init__(self) -> None:

@@ -24,6 +24,7 @@ pcamflow::
     │   │   └── DivergedError                  the loss became NaN or infinite
     │   └── ModelError                         a model cannot be loaded or run
     ├── EndpointError (RuntimeError)          an endpoint cannot be started, reached or used
+    ├── TrackingError (RuntimeError)          the experiment tracker cannot be reached or used
     └── AwsError (RuntimeError)               an AWS call or job failed
         └── JobFailedError                     a SageMaker job ended in Failed or Stopped
 
@@ -54,6 +55,7 @@ __all__ = [
     "SchemaError",
     "StageError",
     "StageNameNotUniqueError",
+    "TrackingError",
     "TrainingError",
     "TuningRangeError",
     "exit_code",
@@ -150,6 +152,10 @@ class ModelError(StageError):
 
 class EndpointError(PcamflowError, RuntimeError):
     """An endpoint cannot be started, reached or used."""
+
+
+class TrackingError(PcamflowError, RuntimeError):
+    """The experiment tracker (MLflow) cannot be reached or refuses what is logged."""
 
 
 class AwsError(PcamflowError, RuntimeError):

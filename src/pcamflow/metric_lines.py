@@ -4,6 +4,10 @@ The algorithm prints one line per metric and epoch to its log (CloudWatch Logs o
 ``Epoch[3] Train-accuracy=0.912000`` or ``Epoch[3] Validation-accuracy=0.880000``; the local
 trainer prints the same lines (:func:`metric_line`), so one parser
 (:func:`parse_metric_lines`) reads the training history of either backend.
+
+A Trainer stage of either backend writes what the parser makes of its lines to
+:data:`HISTORY_FILE` in its stage folder: a JSON list, one object per epoch, as
+:func:`parse_metric_lines` returns them. The run report and experiment tracking read that file.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["metric_line", "parse_metric_lines"]
+__all__ = ["HISTORY_FILE", "metric_line", "parse_metric_lines"]
+
+HISTORY_FILE = "history.json"
+"""The per-epoch metrics a Trainer stage leaves in its stage folder."""
 
 
 _METRIC_LINE = re.compile(

@@ -8,9 +8,14 @@ pcamflow.errors.PipelineDefinitionError: stage 'train': object is not a pcamflow
 
 A run happens in the run folder, where ``run.json`` records every stage's status
 (``completed``, ``failed``, ``interrupted``, ``running``), start, end, duration, artifact, the
-fingerprint of the settings and inputs that made it, and the error text. A stage is complete
-when its record says ``completed`` with the same fingerprint and its artifact still exists;
-a re-run skips complete stages, so an interrupted run resumes where it stopped.
+fingerprint of the settings and inputs that made it, the settings tables it covers, and the
+error text. A stage is complete when its record says ``completed`` with the same fingerprint
+and its artifact still exists; a re-run skips complete stages, so an interrupted run resumes
+where it stopped.
+
+:class:`RunObserver` objects passed to :meth:`Pipeline.run` are told when the run starts, as
+each stage ends (or is found complete) and when the run ends: the run report and experiment
+tracking hook in there, and stages know nothing of them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pcamflow._io import (
     utc_now,
     write_run_record,
 )
+from pcamflow._structure import converter
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
     MissingInputError,
@@ -41,7 +47,7 @@ from pcamflow.plan import Plan
 from pcamflow.probes import by_scheme
 from pcamflow.stages import Context, Stage, stage_output_dir
 
-__all__ = ["Pipeline", "RunResult", "StageRecord", "read_run_record"]
+__all__ = ["Pipeline", "RunObserver", "RunResult", "StageRecord", "read_run_record"]
 
 log = logging.getLogger("pcamflow")
 
@@ -71,6 +77,53 @@ class RunResult:
 
     def __getitem__(self, name: str) -> Artifact:
         return self.artifacts[name]
+
+
+class RunObserver:
+    """Told what a :meth:`Pipeline.run` does; subclass it and override what you need.
+
+    The runner calls :meth:`run_started` once every stage that will run has validated, then
+    :meth:`stage_ended` for each stage found complete (``ran=False``) and for each stage as it
+    finishes, whatever its status, then :meth:`run_ended`, also when a stage failed or was
+    interrupted. An error in :meth:`run_started` stops the run before any stage runs; errors
+    in the other two are logged as warnings, so an observer never costs the work of a run.
+    """
+
+    def run_started(self, run_dir: Path, settings: Any, stages: Mapping[str, str]) -> None:
+        """The run is about to start its first stage.
+
+        Args:
+            run_dir: the run folder.
+            settings: the run's settings.
+            stages: stage name -> kind (``trainer``, ...) of every stage, in pipeline order.
+        """
+
+    def stage_ended(self, name: str, record: StageRecord, ran: bool) -> None:
+        """A stage finished (``ran``), or was found complete from an earlier run."""
+
+    def run_ended(self, result: RunResult, error: BaseException | None) -> None:
+        """The run is over: ``error`` is what stopped it, or None when every stage completed."""
+
+    def summary(self) -> str | None:
+        """One line for the person who started the run (where to look), or None."""
+        return None
+
+
+def recorded_settings(stage: Stage, settings: Any) -> dict[str, Any]:
+    """The settings tables (and options) a stage's fingerprint covers, as JSON-ready values
+    shaped as in the TOML file."""
+    if callable(getattr(settings, "to_dict", None)):
+        shaped = settings.to_dict()
+        tables = {name: shaped.get(name) for name in stage.settings_sections}
+    else:
+        tables = {
+            name: converter.unstructure(getattr(settings, name, None))
+            for name in stage.settings_sections
+        }
+    options = stage.options()
+    if options:
+        tables["options"] = converter.unstructure(options)
+    return tables
 
 
 class Pipeline:
@@ -193,6 +246,7 @@ class Pipeline:
         from_stage: str | None = None,
         only: str | None = None,
         services: Mapping[str, Any] | None = None,
+        observers: Sequence[RunObserver] = (),
     ) -> RunResult:
         """Run the stages that are not complete, in order, in ``settings.run_dir``.
 
@@ -207,6 +261,8 @@ class Pipeline:
                 ``services["probes"]`` (URI scheme -> probe, see :mod:`pcamflow.probes`)
                 checks recorded artifacts in places the core cannot look (``s3://``). What
                 a stage needs and this lacks, the stage brings (:meth:`services`).
+            observers: told of the run's start, each stage's end and the run's end (see
+                :class:`RunObserver`), in this order.
 
         Raises:
             Whatever a stage raises; its record says ``failed`` (or ``interrupted`` on Ctrl-C).
@@ -288,12 +344,30 @@ class Pipeline:
             log.debug("validating %s", name)
             self[name].validate(context_for(name, artifacts))
 
-        for name in todo:
-            context = context_for(name, artifacts)
-            artifacts[name] = self._run_stage(
-                name, self[name], context, fingerprints[name], records, run_dir, rid
-            )
-        return RunResult(run_dir=run_dir, records=dict(records), ran=tuple(todo))
+        kinds = {name: stage.kind for name, stage in self.steps}
+        for observer in observers:  # an error here stops the run before any work
+            observer.run_started(run_dir, settings, kinds)
+        for name in artifacts:
+            _tell(observers, "stage_ended", name, records[name], False)
+        ran: list[str] = []
+        try:
+            for name in todo:
+                context = context_for(name, artifacts)
+                ran.append(name)
+                try:
+                    artifacts[name] = self._run_stage(
+                        name, self[name], context, fingerprints[name], records, run_dir, rid
+                    )
+                finally:
+                    if name in records:
+                        _tell(observers, "stage_ended", name, records[name], True)
+        except BaseException as error:
+            failed = RunResult(run_dir=run_dir, records=dict(records), ran=tuple(ran))
+            _tell(observers, "run_ended", failed, error)
+            raise
+        result = RunResult(run_dir=run_dir, records=dict(records), ran=tuple(todo))
+        _tell(observers, "run_ended", result, None)
+        return result
 
     def _run_stage(
         self,
@@ -308,8 +382,10 @@ class Pipeline:
         context.stage_dir.mkdir(parents=True, exist_ok=True)
         started, clock = utc_now(), time.monotonic()
         stage_label = f"{type(stage).__module__}.{type(stage).__qualname__}"
+        used = recorded_settings(stage, context.settings)
         records[name] = StageRecord(
-            name=name, stage=stage_label, status="running", fingerprint=fingerprint, started=started
+            name=name, stage=stage_label, status="running", fingerprint=fingerprint,
+            started=started, kind=stage.kind, settings=used,
         )
         write_run_record(run_dir, records, self.names, run_id=rid)
         log.info("[%s] running %s", name, type(stage).__name__)
@@ -325,6 +401,8 @@ class Pipeline:
                 duration_s=round(time.monotonic() - clock, 3),
                 artifact=artifact.to_dict() if artifact is not None else None,
                 error=error,
+                kind=stage.kind,
+                settings=used,
             )
             write_run_record(run_dir, records, self.names, run_id=rid)
 
@@ -348,3 +426,13 @@ class Pipeline:
         log.info("[%s] completed in %.1f s", name, records[name].duration_s or 0.0)
         return artifact
 
+
+
+def _tell(observers: Sequence[RunObserver], event: str, *args: Any) -> None:
+    """Call ``event`` on every observer; an observer's error is logged, never raised."""
+    for observer in observers:
+        try:
+            getattr(observer, event)(*args)
+        except Exception as error:
+            log.warning("%s.%s failed: %s: %s", type(observer).__name__, event,
+                        type(error).__name__, error)

@@ -20,6 +20,7 @@ __all__ = [
     "plot_montage",
     "plot_pr",
     "plot_roc",
+    "plot_training_curves",
     "plot_tuning_history",
 ]
 
@@ -214,4 +215,39 @@ def plot_tuning_history(
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=objective, title="Tuning: objective by trial")
+    return _save(figure, path)
+
+
+def plot_training_curves(path: str | Path, history: Sequence[Mapping[str, Any]]) -> Path:
+    """Loss and accuracy per epoch, train and validation, from the parsed metric lines.
+
+    Args:
+        path: the PNG to write.
+        history: one mapping per epoch, as :func:`pcamflow.metric_lines.parse_metric_lines`
+            returns them (``{"epoch": 0, "train:accuracy": ..., "validation:accuracy": ...}``).
+            A metric missing from every epoch (the algorithm prints no validation loss) is
+            left out; one missing from some epochs leaves a gap.
+    """
+    figure = _figure(9.0, 3.8)
+    loss_ax, accuracy_ax = figure.subplots(1, 2)
+    epochs = [int(entry["epoch"]) for entry in history]
+    names = list(dict.fromkeys(k for entry in history for k in entry if k != "epoch"))
+    panels = (
+        (loss_ax, [n for n in names if "cross_entropy" in n or "loss" in n], "loss"),
+        (accuracy_ax, [n for n in names if "accuracy" in n], "accuracy"),
+    )
+    for ax, chosen, label in panels:
+        for name in chosen:
+            values = [float(entry.get(name, np.nan)) for entry in history]
+            style = "--" if name.startswith("train") else "-"
+            ax.plot(epochs, values, style, marker="o", label=name)
+        if chosen:
+            ax.legend(loc="best")
+        else:
+            _undefined(ax, f"no {label} in the metric lines")
+        ax.set(xlabel="epoch", ylabel=label, title=f"Training: {label} per epoch")
+        if epochs:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(figure, path)

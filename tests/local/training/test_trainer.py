@@ -24,6 +24,7 @@ from pcamflow.errors import ConfigError, DataError, DivergedError, Hyperparamete
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.local.model.archive import load_model_archive
 from pcamflow.local.model.resnet import build_model
+from pcamflow.local.training import trainer as trainer_module
 from pcamflow.local.training.engine import build_optimizer, build_schedule
 from pcamflow.local.training.trainer import LocalTrainer, train_model
 from pcamflow.metric_lines import parse_metric_lines
@@ -272,6 +273,45 @@ def test_local_trainer_stage_uses_tuned_values(small_pcam: tuple[Manifests, dict
     assert artifact.hyperparameters["learning_rate"] == "0.002"
     assert artifact.hyperparameters["num_training_samples"] == "48"
     assert "validation:accuracy" in artifact.metrics
+
+
+def test_the_trainer_stage_writes_its_metric_lines_as_history_json_across_a_resume(
+    small_pcam: tuple[Manifests, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_dict({
+        "train": {"num_layers": 20, "image_shape": "3,16,16", "resize": 16, "epochs": 2,
+                  "mini_batch_size": 16, "optimizer": "adam", "learning_rate": 0.003,
+                  "extensions": {"num_workers": 0}},
+    })
+    stage = LocalTrainer(progress=False)
+    context = _context(tmp_path, settings, small_pcam[0])
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        # Ctrl-C as epoch 1 reports, once epoch 0 is checkpointed
+        if str(args[0]).startswith("Epoch[1]"):
+            raise KeyboardInterrupt
+        print(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "print", interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(context)
+    monkeypatch.delattr(trainer_module, "print")
+    history_file = context.stage_dir / "history.json"
+    assert not history_file.exists()
+    first = capsys.readouterr().out
+
+    stage.run(context)
+    second = capsys.readouterr().out
+    assert "Resuming from the checkpoint of epoch 0" in second
+    assert [entry["epoch"] for entry in parse_metric_lines(second)] == [1]
+    history = json.loads(history_file.read_text())
+    assert history == parse_metric_lines(first + second)  # epoch 0 from the first run's log
+    kept = json.loads((context.stage_dir / "checkpoints" / "state.json").read_text())["history"]
+    assert [e["epoch"] for e in history] == [e["epoch"] for e in kept] == [0, 1]
+    for parsed, state in zip(history, kept, strict=True):
+        assert parsed["validation:accuracy"] == round(state["validation:accuracy"], 6)
+        assert parsed["train:cross_entropy"] == round(state["train:cross_entropy"], 6)
 
 
 _CHILD = """

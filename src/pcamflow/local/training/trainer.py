@@ -5,26 +5,33 @@ DataLoader workers, trains with the algorithm's optimizer, schedule and augmenta
 the algorithm's metric lines (``Epoch[0] Validation-accuracy=0.912345``, see
 :mod:`pcamflow.metric_lines`), checkpoints each epoch (and resumes from the last checkpoint
 after a kill), and writes ``model.tar.gz``. :class:`LocalTrainer` is the pipeline stage around
-it.
+it; it keeps the lines it prints in ``training.log`` (as a SageMaker job's log keeps them) and
+writes ``history.json``, the per-epoch metrics parsed from them, which the run report and
+experiment tracking read for either backend.
 
 This module imports torch only inside functions, so listing stages stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from pcamflow._io import atomic_write
 from pcamflow.artifacts import Manifests, ModelArtifact, TuningResult
 from pcamflow.errors import ConfigError, DataError, HyperparameterError
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
+from pcamflow.metric_lines import HISTORY_FILE, parse_metric_lines
 from pcamflow.stages import Context, Trainer
 
-__all__ = ["LocalTrainer", "TrainOutcome", "check_local", "train_model"]
+__all__ = ["LOG_FILE", "LocalTrainer", "TrainOutcome", "check_local", "train_model"]
 
+LOG_FILE = "training.log"
+"""The lines the local Trainer stage printed, kept in its stage folder across resumed runs."""
 
 
 @attrs.frozen
@@ -78,6 +85,7 @@ def train_model(
     seed: int = 0,
     epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
     """Train the algorithm's ResNet on the manifests' train split, validating on ``valid``.
 
@@ -92,6 +100,8 @@ def train_model(
         epoch_callback: called after each epoch's validation with ``(epoch, metrics)``; what
             it raises (e.g. ``optuna.TrialPruned``) stops training and propagates.
         progress: show a progress bar.
+        log: called with each line training prints (the metric lines among them) instead of
+            ``print``.
 
     Raises:
         HyperparameterError: a hyperparameter the local backend cannot honour.
@@ -119,7 +129,7 @@ def train_model(
         hyperparameters = attrs.evolve(hyperparameters, num_training_samples=len(train))
     result = run_training(
         train, valid, hyperparameters, extensions, Path(out_dir),
-        seed=seed, epoch_callback=epoch_callback, progress=progress,
+        seed=seed, epoch_callback=epoch_callback, progress=progress, log=log,
     )
     return TrainOutcome(archive=result.archive, metrics=result.metrics, history=result.history)
 
@@ -152,10 +162,26 @@ class LocalTrainer(Trainer):
     def run(self, context: Context) -> ModelArtifact:
         manifests = context.input(Manifests)
         hp = self._hyperparameters(context)
-        outcome = train_model(
-            manifests, hp, context.settings.train.extensions, context.stage_dir,
-            seed=context.settings.pipeline.seed, progress=self.progress,
-        )
+        log_path = context.stage_dir / LOG_FILE
+        earlier = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
+        printed: list[str] = []
+        context.stage_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log_file:
+
+            def say(line: str) -> None:
+                print(line, flush=True)
+                printed.append(line)
+                log_file.write(line + "\n")
+                log_file.flush()  # a kill keeps every line printed so far
+
+            outcome = train_model(
+                manifests, hp, context.settings.train.extensions, context.stage_dir,
+                seed=context.settings.pipeline.seed, progress=self.progress, log=say,
+            )
+        epochs = [int(entry["epoch"]) for entry in outcome.history]
+        history = epoch_history(epochs, earlier, printed)
+        with atomic_write(context.stage_dir / HISTORY_FILE, encoding="utf-8") as handle:
+            json.dump(history, handle, indent=1)
         if hp.num_training_samples is None:
             from pcamflow.local.training.dataset import read_entries
 
@@ -164,3 +190,13 @@ class LocalTrainer(Trainer):
         return ModelArtifact(
             uri=str(outcome.archive), hyperparameters=hp.to_sagemaker(), metrics=outcome.metrics
         )
+
+
+def epoch_history(
+    epochs: Sequence[int], earlier: str, printed: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The metric lines of each trained epoch, parsed: this run's lines, or for an epoch that a
+    resumed run took from its checkpoint, the lines an earlier run left in the log."""
+    now = {entry["epoch"]: entry for entry in parse_metric_lines("\n".join(printed))}
+    before = {entry["epoch"]: entry for entry in parse_metric_lines(earlier)}
+    return [now.get(epoch) or before[epoch] for epoch in epochs if epoch in now or epoch in before]
