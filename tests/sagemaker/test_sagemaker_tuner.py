@@ -142,3 +142,40 @@ def test_tuning_needs_ranges(aws_env: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tune\.ranges"):
         SageMakerTuner(progress=False).validate(context_for(settings_for(tmp_path), None,
                                                             "tune", {}))
+
+
+def test_trials_of_every_status_reach_the_run_report_as_optuna_states(tmp_path: Path) -> None:
+    """Completed, Stopped (early stopping) and Failed jobs, as ListTrainingJobsForHyperParameter
+    TuningJob answers them (its TrainingJobSummaries: HyperParameterTrainingJobSummary,
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_HyperParameterTrainingJobSummary.html),
+    become the run report's COMPLETE, PRUNED and FAIL."""
+    from pcamflow.evaluation.run_files import read_trials
+    from pcamflow.sagemaker.tuner import write_trials
+
+    summaries = []
+    for i, status in enumerate(("Completed", "Stopped", "Failed")):
+        summary = {"TrainingJobName": f"pcam-trial-{i}", "TrainingJobArn": f"arn:trial-{i}",
+                   "CreationTime": 0, "TrainingJobStatus": status,
+                   "TunedHyperParameters": {"learning_rate": f'"0.0{i + 1}"'}}
+        if status != "Failed":
+            summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                "Type": "Maximize", "MetricName": "validation:accuracy", "Value": 0.7 + i / 10}
+        summaries.append(summary)
+
+    class Paginator:
+        def paginate(self, **_: Any) -> list[dict[str, Any]]:
+            return [{"TrainingJobSummaries": summaries}]
+
+    class Clients:
+        class sagemaker:
+            @staticmethod
+            def get_paginator(name: str) -> Paginator:
+                assert name == "list_training_jobs_for_hyper_parameter_tuning_job"
+                return Paginator()
+
+    (tmp_path / "tune").mkdir()
+    trials = read_trials(write_trials(Clients(), "pcam-tune", tmp_path / "tune" / "trials.csv"))
+    assert trials.id_column == "training_job"
+    assert trials.states() == ["COMPLETE", "PRUNED", "FAIL"]
+    assert trials.values() == [pytest.approx(0.7), pytest.approx(0.8), None]
+    assert [row["learning_rate"] for row in trials.rows] == ["0.01", "0.02", "0.03"]
