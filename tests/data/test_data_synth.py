@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pcamflow.data.synth import write_synthetic_pcam
+from pcamflow.data.synth import DEFAULT_DIFFICULTY, write_synthetic_pcam
 from pcamflow.errors import DataError
 
 PREFIX = "camelyonpatch_level_2_split"
@@ -76,11 +76,29 @@ def test_negative_count_is_refused(tmp_path: Path) -> None:
         write_synthetic_pcam(tmp_path, train=1, valid=-1, test=1, progress=False)
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = tmp_path_factory.mktemp("task")
-    write_synthetic_pcam(out, train=600, valid=0, test=400, seed=11, progress=False)
+DIFFICULTIES = (0.0, DEFAULT_DIFFICULTY, 1.0)
+
+
+def _task(out: Path, difficulty: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    write_synthetic_pcam(out, train=600, valid=0, test=400, seed=11, difficulty=difficulty,
+                         progress=False)
     return {split: _load(out, split) for split in ("train", "test")}
+
+
+@pytest.fixture(scope="module", params=DIFFICULTIES, ids=lambda d: f"difficulty={d}")
+def task(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _task(tmp_path_factory.mktemp("task"), request.param)
+
+
+@pytest.fixture(scope="module")
+def easy_task(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _task(tmp_path_factory.mktemp("easy"), 0.0)
+
+
+def _centre_darkness_auc(task: dict) -> float:
+    x, y = task["test"]
+    centre = x[:, 32:64, 32:64].astype(np.float32).mean(axis=(1, 2, 3))
+    return float(roc_auc_score(y.reshape(-1), -centre))
 
 
 def test_whole_patch_colour_statistics_do_not_give_the_label_away(task: dict) -> None:
@@ -95,12 +113,11 @@ def test_whole_patch_colour_statistics_do_not_give_the_label_away(task: dict) ->
     assert auc <= 0.75
 
 
-def test_the_label_is_about_the_centre(task: dict) -> None:
-    x, y = task["test"]
+def test_the_label_is_about_the_centre(easy_task: dict) -> None:
+    x, y = easy_task["test"]
     y = y.reshape(-1).astype(bool)
     # tumour-like nuclei are dark: the centre square is darker in positives...
-    centre = x[:, 32:64, 32:64].astype(np.float32).mean(axis=(1, 2, 3))
-    assert roc_auc_score(y, -centre) >= 0.95
+    assert _centre_darkness_auc(easy_task) >= 0.95
     # ...and tumour-like cells lie outside the centre in every negative and in most positives
     dark = x.astype(np.int16).sum(axis=-1) < 3 * 110
     assert dark[~y, 32:64, 32:64].sum(axis=(1, 2)).max() < 10
@@ -108,3 +125,22 @@ def test_the_label_is_about_the_centre(task: dict) -> None:
     outside[:, 28:68, 28:68] = False  # leave out the fringe of a centre cluster
     clusters_outside = outside.sum(axis=(1, 2)) > 40
     assert clusters_outside[~y].all() and clusters_outside[y].mean() >= 0.5
+
+
+def test_difficulty_hides_the_label_from_simple_cues(tmp_path: Path, easy_task: dict) -> None:
+    # the centre's darkness, a cue that gives the easy task away, tells less and less
+    aucs = [_centre_darkness_auc(easy_task)] + [
+        _centre_darkness_auc(_task(tmp_path / str(d), d)) for d in DIFFICULTIES[1:]
+    ]
+    assert aucs[0] > aucs[1] > aucs[2], aucs
+    assert aucs[1] <= 0.92, aucs  # the default is no longer a darkness test
+    with h5py.File(tmp_path / str(DEFAULT_DIFFICULTY) / f"{PREFIX}_test_x.h5", "r") as f:
+        assert f.attrs["difficulty"] == DEFAULT_DIFFICULTY and f.attrs["pcamflow_synthetic"]
+
+
+@pytest.mark.parametrize("difficulty", [-0.1, 1.5, float("nan")])
+def test_a_difficulty_outside_0_1_is_refused(tmp_path: Path, difficulty: float) -> None:
+    with pytest.raises(DataError, match="difficulty"):
+        write_synthetic_pcam(tmp_path, train=2, valid=0, test=0, difficulty=difficulty,
+                             progress=False)
+    assert not list(tmp_path.iterdir())

@@ -12,6 +12,22 @@ The label design keeps whole-patch colour statistics uninformative: every patch 
 same random number of tumour-like clusters; a positive has one of them inside the centre
 32x32 square, a negative has all of them outside it. Only *where* the tumour cells lie tells
 the classes apart, which is what PCam's label means.
+
+``difficulty`` (0..1) makes the task as hard as real PCam, where a good model's AUC is well
+below 1. Each of its effects touches both classes alike, so colour statistics stay
+uninformative and the label still means "tumour cells in the centre square":
+
+- a tumour cluster is, with probability ``difficulty``, a small focus of 3-8 nuclei instead
+  of a crowd of 18-30;
+- tumour clusters are fainter, by a factor drawn from ``[1 - 0.6 * difficulty, 1]``;
+- a patch holds, with probability ``difficulty``, an aggregate of small, dark, round
+  lymphocyte-like nuclei anywhere, the centre included: dark, but not tumour;
+- the centre cluster wanders further from the middle, by up to ``4 + 8 * difficulty`` px
+  (its middle stays inside the centre square).
+
+At ``difficulty = 0`` none of this happens and the patches are those of the easy task, byte
+for byte. The draws that difficulty needs come from a generator spawned from the chunk's
+one, so the easy task's draws are untouched.
 """
 
 from __future__ import annotations
@@ -60,17 +76,35 @@ def _nucleus(rng: np.random.Generator, side: int, radius: tuple[float, float],
     return (body * texture).astype(np.float32)
 
 
-def _cluster(rng: np.random.Generator) -> np.ndarray:
-    """One tumour-like cluster stamp: 18-30 large, dark, irregular, crowded nuclei."""
+def _cluster(rng: np.random.Generator, small: bool = False) -> np.ndarray:
+    """One tumour-like cluster stamp: 18-30 large, dark, irregular, crowded nuclei.
+
+    ``small``: a focus of 3-8 such nuclei within 5 px of the middle instead.
+    """
     canvas = np.zeros((_CLUSTER, _CLUSTER), dtype=np.float32)
     side = 11
-    for _ in range(int(rng.integers(18, 30))):
-        radius = 10.0 * np.sqrt(rng.random())
+    count, spread = (rng.integers(3, 9), 5.0) if small else (rng.integers(18, 30), 10.0)
+    for _ in range(int(count)):
+        radius = spread * np.sqrt(rng.random())
         angle = rng.uniform(0, 2 * np.pi)
         y = round(_HALF + radius * np.sin(angle)) - side // 2
         x = round(_HALF + radius * np.cos(angle)) - side // 2
         stamp = _nucleus(rng, side, (3.2, 4.9), (0.55, 1.0), 0.18, 0.45)
         canvas[y:y + side, x:x + side] += stamp * rng.uniform(0.9, 1.4)
+    return canvas
+
+
+def _aggregate(rng: np.random.Generator) -> np.ndarray:
+    """A lymphocyte-like aggregate stamp: 20-45 small, dark, round, uniform nuclei."""
+    canvas = np.zeros((_CLUSTER, _CLUSTER), dtype=np.float32)
+    spread = rng.uniform(6.0, 11.0)
+    for _ in range(int(rng.integers(20, 46))):
+        radius = spread * np.sqrt(rng.random())
+        angle = rng.uniform(0, 2 * np.pi)
+        y = round(_HALF + radius * np.sin(angle)) - _NUCLEUS // 2
+        x = round(_HALF + radius * np.cos(angle)) - _NUCLEUS // 2
+        stamp = _nucleus(rng, _NUCLEUS, (1.7, 2.5), (0.85, 1.0), 0.04, 0.15)
+        canvas[y:y + _NUCLEUS, x:x + _NUCLEUS] += stamp * rng.uniform(1.0, 1.4)
     return canvas
 
 
@@ -123,6 +157,9 @@ class _Bank:
         self.up = _upsample_matrix(_GRID, SIZE)
         # fine stroma grain, drawn once: a fresh random field per patch costs more than the rest
         self.grain = 0.25 * rng.random((64, SIZE, SIZE), dtype=np.float32)
+        # drawn last, so that the stamps above are those of the easy task
+        self.foci = np.stack([v for _ in range(64) for v in _views(_cluster(rng, small=True))])
+        self.aggregates = np.stack([v for _ in range(64) for v in _views(_aggregate(rng))])
 
 
 @functools.cache
@@ -137,12 +174,52 @@ def _field(rng: np.random.Generator, n: int, up: np.ndarray) -> np.ndarray:
     return up @ grid @ up.T
 
 
-def render_chunk(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _harder(rng: np.random.Generator, difficulty: float, bank: _Bank, corners: np.ndarray,
+            ring: int, stamps: list[np.ndarray], strength: np.ndarray
+            ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Small foci, fainter clusters, and centre clusters further from the middle.
+
+    ``corners[ring:]`` are the centre clusters' stamp corners; they move in place.
+    """
+    count = len(stamps)
+    small = np.flatnonzero(rng.random(count) < difficulty)
+    for i, f in zip(small.tolist(), rng.integers(0, len(bank.foci), len(small)).tolist(),
+                    strict=True):
+        stamps[i] = bank.foci[f]
+    strength = strength * rng.uniform(1.0 - 0.6 * difficulty, 1.0, count)
+    reach = round(8 * difficulty)
+    if reach and count > ring:
+        moved = corners[ring:] + rng.integers(-reach, reach + 1, (count - ring, 2))
+        # the cluster's middle stays inside the centre square [32, 64), 2 px from its edge
+        corners[ring:] = np.clip(moved, 34 - _HALF, 61 - _HALF)
+    return stamps, strength
+
+
+def _with_aggregates(rng: np.random.Generator, difficulty: float, bank: _Bank, n: int,
+                     patches: np.ndarray, stamps: list[np.ndarray], corners: np.ndarray,
+                     strength: np.ndarray
+                     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Add a lymphocyte-like aggregate, anywhere, to a ``difficulty`` share of the patches."""
+    chosen = np.flatnonzero(rng.random(n) < difficulty)
+    where = rng.integers(_HALF, SIZE - _HALF, (len(chosen), 2)) - _HALF  # inside the patch
+    picks = rng.integers(0, len(bank.aggregates), len(chosen))
+    return (
+        np.concatenate([patches, chosen]),
+        stamps + [bank.aggregates[a] for a in picks.tolist()],
+        np.concatenate([corners, where]),
+        np.concatenate([strength, rng.uniform(0.8, 1.2, len(chosen))]),
+    )
+
+
+def render_chunk(rng: np.random.Generator, labels: np.ndarray, difficulty: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one patch per label.
 
     Args:
         rng: the chunk's random generator.
         labels: 0/1 per patch.
+        difficulty: 0 (every tumour cluster large and dark: an easy task) to 1 (small,
+            faint foci among dark look-alikes); see the module's docstring.
 
     Returns:
         ``(x, clusters)``: the patches (n, 96, 96, 3) uint8 and the number of tumour-like
@@ -151,6 +228,7 @@ def render_chunk(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarr
     bank = _bank()
     n = len(labels)
     positive = labels.astype(bool)
+    hard = rng.spawn(1)[0] if difficulty > 0 else None  # leaves rng's own draws as they were
 
     # Tissue: a smooth field thresholded into white gaps, covering 0..~35% of the patch.
     tissue = _field(rng, n, bank.up)
@@ -176,11 +254,15 @@ def render_chunk(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarr
     c_patch = np.concatenate([rows, inside])
     chosen = rng.integers(0, len(bank.clusters), len(c_patch))
     strength = rng.uniform(0.85, 1.15, len(c_patch))
-    stamps = zip(c_patch.tolist(), centres.tolist(), chosen.tolist(), strength.tolist(),
-                 strict=True)
-    for p, (top, left), c, s in stamps:
+    stamps = [bank.clusters[c] for c in chosen.tolist()]
+    if hard is not None:
+        stamps, strength = _harder(hard, difficulty, bank, centres, len(rows), stamps, strength)
+        c_patch, stamps, centres, strength = _with_aggregates(
+            hard, difficulty, bank, n, c_patch, stamps, centres, strength)
+    for p, (top, left), stamp, s in zip(c_patch.tolist(), centres.tolist(), stamps,
+                                        strength.tolist(), strict=True):
         # about two clusters per patch: a short loop of whole-stamp additions
-        haem[p, top:top + _CLUSTER, left:left + _CLUSTER] += bank.clusters[c] * s
+        haem[p, top:top + _CLUSTER, left:left + _CLUSTER] += stamp * s
     np.minimum(haem, 2.2, out=haem)
 
     # Stroma: eosin with smooth and fine texture; gaps are almost unstained.
