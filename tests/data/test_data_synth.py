@@ -14,7 +14,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pcamflow.data.synth import DEFAULT_DIFFICULTY, write_synthetic_pcam
+from pcamflow.cli import main
+from pcamflow.data.pcam import decompress, open_split
+from pcamflow.data.synth import DEFAULT_DIFFICULTY, is_synthetic, write_synthetic_pcam
 from pcamflow.errors import DataError
 
 PREFIX = "camelyonpatch_level_2_split"
@@ -144,3 +146,74 @@ def test_a_difficulty_outside_0_1_is_refused(tmp_path: Path, difficulty: float) 
         write_synthetic_pcam(tmp_path, train=2, valid=0, test=0, difficulty=difficulty,
                              progress=False)
     assert not list(tmp_path.iterdir())
+
+
+# --- never destroying data ------------------------------------------------------------------
+
+
+def _real_like(folder: Path) -> dict[Path, bytes]:
+    """PCam-named files that pcamflow did not write: an HDF5 file, a gzip, a meta table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / f"{PREFIX}_valid_x.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros((4, 96, 96, 3), np.uint8))
+    (folder / f"{PREFIX}_test_x.h5.gz").write_bytes(gzip.compress(b"a real download"))
+    (folder / f"{PREFIX}_train_meta.csv").write_text(
+        ",coord_y,coord_x,tumor_patch,center_tumor_patch,wsi\n0,1,2,False,False,"
+        "camelyon16_train_normal_001\n")
+    return {p: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("gzip_output", [False, True], ids=["h5", "gzip"])
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_a_file_pcamflow_did_not_write_is_never_replaced(tmp_path: Path, split: str,
+                                                          gzip_output: bool) -> None:
+    before = _real_like(tmp_path)
+    counts = {"train": 0, "valid": 0, "test": 0, split: 4}
+    with pytest.raises(DataError) as error:
+        write_synthetic_pcam(tmp_path, **counts, gzip=gzip_output, progress=False)
+    assert f"{PREFIX}_{split}_" in str(error.value)
+    assert "is not synthetic PCam written by pcamflow" in str(error.value)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written or lost
+
+
+def test_synth_command_refuses_with_one_line_and_exit_2(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    before = _real_like(tmp_path)
+    assert main(["-q", "synth", str(tmp_path), "--gzip"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{PREFIX}_train_meta.csv: exists and is not synthetic" in err[0]
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_synthetic_files_are_replaced_and_the_other_format_removed(tmp_path: Path) -> None:
+    write_synthetic_pcam(tmp_path, train=0, valid=6, test=0, seed=1, progress=False)
+    zipped = write_synthetic_pcam(tmp_path, train=0, valid=8, test=0, seed=2, gzip=True,
+                                  progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in zipped.values())
+    plain = write_synthetic_pcam(tmp_path, train=0, valid=10, test=0, seed=3, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in plain.values())
+    assert _load(tmp_path, "valid")[0].shape[0] == 10
+    assert all(is_synthetic(p) for p in plain.values())
+
+
+def test_a_decompressed_copy_of_synthetic_pcam_is_replaced_with_its_record(
+        tmp_path: Path) -> None:
+    zipped = write_synthetic_pcam(tmp_path, train=0, valid=6, test=0, gzip=True, progress=False)
+    decompress(zipped["valid_x"], progress=False)
+    decompress(zipped["valid_y"], progress=False)
+    write_synthetic_pcam(tmp_path, train=0, valid=8, test=0, gzip=True, progress=False)
+    assert not list(tmp_path.glob(".*.source.json"))
+    assert not (tmp_path / f"{PREFIX}_valid_x.h5").exists()
+    assert open_split(tmp_path, "valid", progress=False).length == 8
+
+
+def test_is_synthetic_reads_only_the_start_of_a_gzip(tmp_path: Path) -> None:
+    zipped = write_synthetic_pcam(tmp_path, train=0, valid=300, test=0, gzip=True,
+                                  progress=False)
+    raw = zipped["valid_x"].read_bytes()
+    cut = tmp_path / "cut" / zipped["valid_x"].name
+    cut.parent.mkdir()
+    cut.write_bytes(raw[: len(raw) // 3])  # truncated: decompressing it all would fail
+    assert is_synthetic(cut)
+    assert not is_synthetic(tmp_path / "missing.h5") and not is_synthetic(
+        tmp_path / "cut")

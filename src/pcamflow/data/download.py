@@ -263,6 +263,7 @@ class _Fetcher:
                 out.truncate(0)  # the corrupt bytes go; the file is fetched again, once
                 self._advance(-size)
                 if corrupt:
+                    partial.unlink(missing_ok=True)
                     raise DownloadError(
                         f"{url}: the download does not match the published checksum twice "
                         f"({problem}); the file on the server, or the mirror, is not PCam's"
