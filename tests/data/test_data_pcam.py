@@ -135,16 +135,16 @@ def test_unknown_split_and_missing_folder(tmp_path: Path) -> None:
 
 _SLOW_DECOMPRESSION = """
 import sys, time
-import pcamflow.data.pcam as pcam
+import pcamflow.data._gzip as gz
 
-class Slow(pcam.tqdm):  # every block of the file takes a while: time to be killed
+class Slow(gz.tqdm):  # every block of the file takes a while: time to be killed
     def update(self, n=1):
         time.sleep(0.05)
         return super().update(n)
 
-pcam.tqdm = Slow
-pcam._BLOCK = 1 << 14
-pcam.decompress(sys.argv[1], progress=False)
+gz.tqdm = Slow
+gz._BLOCK = 1 << 14
+gz.decompress(sys.argv[1], progress=False)
 """
 
 

@@ -2,16 +2,18 @@
 
 A split is two files, ``camelyonpatch_level_2_split_<split>_x.h5`` and ``..._y.h5``, each
 possibly gzipped (``.h5.gz``, as Zenodo serves them). :func:`open_split` finds them, turns a
-``.gz`` into an ``.h5`` once (streaming, through a temporary file renamed when complete, beside
-the source or in a cache folder, and reused afterwards), checks files named like the real PCam
-against the published checksums, and checks the schema before anything else is done:
+``.gz`` into an ``.h5`` once (:func:`decompress`, beside the source or in a cache folder, and
+reused afterwards), checks files named like the real PCam against the published checksums,
+and checks the schema before anything else is done:
 
 - ``x``: (N, 96, 96, 3) uint8;
 - ``y``: (N, 1, 1, 1) or (N,), any integer dtype, values in {0, 1};
 - the same N > 0 in both.
 
-:class:`PcamReader` then yields the split in chunks aligned to the file's own HDF5 chunking,
-so that any chunk layout or compression works and a split is never read whole into memory.
+:func:`check_split` makes the part of these checks that costs no more than opening the files
+(names, sizes, shapes, counts), for ``pcamflow validate``. :class:`PcamReader` then yields
+the split in chunks aligned to the file's own HDF5 chunking, so that any chunk layout or
+compression works and a split is never read whole into memory.
 
 Checksums: the original PCam README swapped the MD5 sums of the valid and test ``x`` files;
 pcamflow uses the sizes and SHA-256 sums of the ``.h5.gz`` files from tensorflow_datasets'
@@ -23,20 +25,16 @@ of patches. Synthetic files (attribute ``pcamflow_synthetic``) are not checked.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import attrs
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
-from pcamflow._io import atomic_path, locked, partial_path
 from pcamflow.data._files import SPLITS, pcam_name
+from pcamflow.data._gzip import decompress, decompressed, gz_identity, sidecar
 from pcamflow.data.synth import SYNTHETIC_ATTR, is_synthetic
 from pcamflow.errors import ChecksumError, DataError, SchemaError
 
@@ -71,7 +69,6 @@ PCAM_LENGTHS = {"train": 262144, "valid": 32768, "test": 32768}
 """Patches per split in the real PCam."""
 
 PATCH_SHAPE = (96, 96, 3)
-_BLOCK = 1 << 20
 
 
 @attrs.frozen
@@ -105,102 +102,8 @@ def _find(source: Path, split: str, key: str) -> Path:
     raise DataError(f"{split}: missing file {plain} (or {gz.name}) in {source}")
 
 
-def _sidecar(h5: Path) -> Path:
-    return h5.with_name(f".{h5.name}.source.json")
-
-
 def _is_our_decompression(plain: Path, gz: Path) -> bool:
-    return gz.exists() and _sidecar(plain).exists()
-
-
-def _gz_identity(gz: Path) -> dict[str, Any]:
-    stat = gz.stat()
-    return {"source": str(gz.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def decompress(gz: str | Path, cache_dir: str | Path | None = None, *,
-               progress: bool = True) -> tuple[Path, str | None]:
-    """Decompress ``gz`` once; return the ``.h5`` path and the ``.gz``'s SHA-256.
-
-    The output goes beside ``gz`` (or into ``cache_dir``) through a temporary file of a fixed
-    name (``.<name>.partial``), renamed when complete; a run killed mid-way leaves it, and
-    the next call replaces it. The file is locked while written, so two processes never
-    decompress into it at once. A small record beside the output remembers which ``.gz`` it
-    came from, so a later call reuses it (the SHA-256 is then the one recorded, or None).
-
-    Raises:
-        DataError: the file is missing, not gzip, truncated, or the folder is not writable.
-    """
-    gz = Path(gz)
-    if not gz.exists():
-        raise DataError(f"{gz}: file not found")
-    folder = Path(cache_dir) if cache_dir is not None else gz.parent
-    target = folder / gz.name[: -len(".gz")]
-    identity = _gz_identity(gz)
-    done = _decompressed(target, identity)
-    if done is not None:
-        return target, done.get("sha256")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with locked(partial_path(target)) as out:
-            done = _decompressed(target, identity)  # another process may have finished it
-            if done is not None:
-                return target, done.get("sha256")
-            _sidecar(target).unlink(missing_ok=True)  # the old record would lie from now on
-            try:
-                sha = _inflate(gz, out, identity["size"], progress)
-            except BaseException:
-                partial_path(target).unlink(missing_ok=True)
-                raise
-            os.replace(partial_path(target), target)
-    except zlib.error as error:
-        raise DataError(f"{gz}: not a valid gzip file ({error})") from None
-    except PermissionError as error:
-        raise DataError(
-            f"{folder}: cannot write the decompressed {target.name} there ({error.strerror}); "
-            "set data.cache_dir to a writable folder"
-        ) from None
-    with atomic_path(_sidecar(target)) as tmp:
-        tmp.write_text(json.dumps({**identity, "sha256": sha}))
-    return target, sha
-
-
-def _decompressed(target: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The record of ``target`` if it is a complete decompression of that ``.gz``."""
-    sidecar = _sidecar(target)
-    if not (target.exists() and sidecar.exists()):
-        return None
-    try:
-        record = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if all(record.get(k) == v for k, v in identity.items()) else None
-
-
-def _inflate(gz: Path, out: IO[bytes], size: int, progress: bool) -> str:
-    """Decompress ``gz`` into ``out`` (emptied first); return the ``.gz``'s SHA-256."""
-    out.truncate(0)
-    digest = hashlib.sha256()
-    with open(gz, "rb") as raw, tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"decompressing {gz.name}",
-        disable=None if progress else True,
-    ) as bar:
-        inflater = zlib.decompressobj(wbits=31)  # wbits=31: gzip framing
-        while block := raw.read(_BLOCK):
-            digest.update(block)
-            bar.update(len(block))
-            while block:
-                if inflater.eof:  # a multi-member gzip file: the next member starts
-                    inflater = zlib.decompressobj(wbits=31)
-                out.write(inflater.decompress(block))
-                block = inflater.unused_data if inflater.eof else b""
-        if not inflater.eof:
-            raise DataError(
-                f"{gz}: truncated gzip file (it ends before the end-of-stream marker); "
-                "download it again"
-            )
-    out.flush()
-    return digest.hexdigest()
+    return gz.exists() and sidecar(plain).exists()
 
 
 def _open_h5(path: Path, **kwargs: Any) -> h5py.File:
@@ -330,7 +233,7 @@ def check_split(source: str | Path, split: str, *, cache_dir: str | Path | None 
             if head.read(2) != b"\x1f\x8b":
                 raise DataError(f"{found}: not a gzip file")
         copy = Path(cache_dir or source) / found.name[: -len(".gz")]
-        if _decompressed(copy, _gz_identity(found)) is not None:
+        if decompressed(copy, gz_identity(found)) is not None:
             h5[key] = copy
     synthetic = all(is_synthetic(path) for path, _ in files.values()) and bool(files)
     length = None

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from pcamflow._io import PARTIAL_SUFFIX, atomic_path
 from pcamflow.data._files import SPLITS, pcam_name, writable_folder
+from pcamflow.data._gzip import sidecar
 from pcamflow.data._tissue import SIZE, render_chunk
 from pcamflow.errors import DataError
 
@@ -188,8 +189,7 @@ def _h5_output(target: Path, gz: bool) -> Iterator[Path]:
             finally:
                 plain.unlink(missing_ok=True)
     other.unlink(missing_ok=True)
-    # the record of a decompressed .gz: the plain file is not that copy any more
-    target.with_name(f".{target.name}.source.json").unlink(missing_ok=True)
+    sidecar(target).unlink(missing_ok=True)  # the plain file is no decompressed .gz any more
 
 
 def _write_split(out: Path, split: str, split_index: int, n: int, seed: int,
