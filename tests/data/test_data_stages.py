@@ -221,3 +221,15 @@ def test_validate_tells_stages_not_to_use_the_network(tmp_path: Path) -> None:
     pipeline.validate(settings)
     pipeline.run(settings)
     assert seen == [True, False]  # offline when only validating; a real run may call out
+
+
+def test_the_real_pcam_example_validates_before_anything_is_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    example = Path(__file__).parents[2] / "examples" / "pcam.toml"
+    monkeypatch.chdir(tmp_path)  # data/pcam is relative: nothing there yet
+    assert main(["validate", str(example)]) == 0
+    assert "valid; stages: convert, manifests, train, evaluate" in capsys.readouterr().out
+    settings = Settings.from_toml(example)
+    assert settings.data.download and settings.data.download_url.startswith(
+        "https://zenodo.org/records/2546921/")
