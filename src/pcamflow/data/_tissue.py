@@ -15,15 +15,19 @@ the classes apart, which is what PCam's label means.
 
 ``difficulty`` (0..1) makes the task as hard as real PCam, where a good model's AUC is well
 below 1. Each of its effects touches both classes alike, so colour statistics stay
-uninformative and the label still means "tumour cells in the centre square":
+uninformative and the label still means "tumour cells in the centre square". With
+``h = 1.5 * difficulty``:
 
-- a tumour cluster is, with probability ``difficulty``, a small focus of 3-8 nuclei instead
-  of a crowd of 18-30;
-- tumour clusters are fainter, by a factor drawn from ``[1 - 0.6 * difficulty, 1]``;
-- a patch holds, with probability ``difficulty``, an aggregate of small, dark, round
-  lymphocyte-like nuclei anywhere, the centre included: dark, but not tumour;
-- the centre cluster wanders further from the middle, by up to ``4 + 8 * difficulty`` px
-  (its middle stays inside the centre square).
+- a tumour cluster is, with probability ``min(1, h)``, a small focus of 2-6 nuclei instead of
+  a crowd of 18-30;
+- tumour clusters are fainter, by a factor drawn from ``[max(0.1, 1 - 0.7 * h), 1]``;
+- the centre cluster wanders further from the middle, by up to ``4 + 10 * h`` px (its middle
+  stays inside the centre square, so some of its cells are in it);
+- a patch holds, with probability ``min(1, h)``, an aggregate of dark, round nuclei a little
+  smaller than tumour cells (like lymphocytes), anywhere, the centre included: dark, but not
+  tumour;
+- a patch holds, with probability ``min(1, h / 2)``, one more small focus just outside the
+  centre square (its nearest cell 3-6 px from the edge): tumour, but not in the centre.
 
 At ``difficulty = 0`` none of this happens and the patches are those of the easy task, byte
 for byte. The draws that difficulty needs come from a generator spawned from the chunk's
@@ -79,11 +83,12 @@ def _nucleus(rng: np.random.Generator, side: int, radius: tuple[float, float],
 def _cluster(rng: np.random.Generator, small: bool = False) -> np.ndarray:
     """One tumour-like cluster stamp: 18-30 large, dark, irregular, crowded nuclei.
 
-    ``small``: a focus of 3-8 such nuclei within 5 px of the middle instead.
+    ``small``: a focus of 2-6 such nuclei within 4 px of the middle instead (so within 10 px
+    of it, edges included).
     """
     canvas = np.zeros((_CLUSTER, _CLUSTER), dtype=np.float32)
     side = 11
-    count, spread = (rng.integers(3, 9), 5.0) if small else (rng.integers(18, 30), 10.0)
+    count, spread = (rng.integers(2, 7), 4.0) if small else (rng.integers(18, 30), 10.0)
     for _ in range(int(count)):
         radius = spread * np.sqrt(rng.random())
         angle = rng.uniform(0, 2 * np.pi)
@@ -95,16 +100,18 @@ def _cluster(rng: np.random.Generator, small: bool = False) -> np.ndarray:
 
 
 def _aggregate(rng: np.random.Generator) -> np.ndarray:
-    """A lymphocyte-like aggregate stamp: 20-45 small, dark, round, uniform nuclei."""
+    """A look-alike aggregate stamp: 15-35 dark, round, uniform nuclei a little smaller than
+    tumour cells, as lymphocytes crowd in a lymph node."""
     canvas = np.zeros((_CLUSTER, _CLUSTER), dtype=np.float32)
-    spread = rng.uniform(6.0, 11.0)
-    for _ in range(int(rng.integers(20, 46))):
+    spread = rng.uniform(5.0, 10.0)
+    side = 9
+    for _ in range(int(rng.integers(15, 36))):
         radius = spread * np.sqrt(rng.random())
         angle = rng.uniform(0, 2 * np.pi)
-        y = round(_HALF + radius * np.sin(angle)) - _NUCLEUS // 2
-        x = round(_HALF + radius * np.cos(angle)) - _NUCLEUS // 2
-        stamp = _nucleus(rng, _NUCLEUS, (1.7, 2.5), (0.85, 1.0), 0.04, 0.15)
-        canvas[y:y + _NUCLEUS, x:x + _NUCLEUS] += stamp * rng.uniform(1.0, 1.4)
+        y = round(_HALF + radius * np.sin(angle)) - side // 2
+        x = round(_HALF + radius * np.cos(angle)) - side // 2
+        stamp = _nucleus(rng, side, (2.2, 3.3), (0.8, 1.0), 0.06, 0.2)
+        canvas[y:y + side, x:x + side] += stamp * rng.uniform(1.0, 1.4)
     return canvas
 
 
@@ -174,6 +181,16 @@ def _field(rng: np.random.Generator, n: int, up: np.ndarray) -> np.ndarray:
     return up @ grid @ up.T
 
 
+def _harshness(difficulty: float) -> float:
+    """``h`` of the module's docstring: how strongly each effect of difficulty applies."""
+    return 1.5 * difficulty
+
+
+def _fainter(rng: np.random.Generator, h: float, count: int) -> np.ndarray:
+    """Per cluster, a factor its stain is multiplied by."""
+    return rng.uniform(max(0.1, 1.0 - 0.7 * h), 1.0, count)
+
+
 def _harder(rng: np.random.Generator, difficulty: float, bank: _Bank, corners: np.ndarray,
             ring: int, stamps: list[np.ndarray], strength: np.ndarray
             ) -> tuple[list[np.ndarray], np.ndarray]:
@@ -181,34 +198,45 @@ def _harder(rng: np.random.Generator, difficulty: float, bank: _Bank, corners: n
 
     ``corners[ring:]`` are the centre clusters' stamp corners; they move in place.
     """
+    h = _harshness(difficulty)
     count = len(stamps)
-    small = np.flatnonzero(rng.random(count) < difficulty)
+    small = np.flatnonzero(rng.random(count) < h)
     for i, f in zip(small.tolist(), rng.integers(0, len(bank.foci), len(small)).tolist(),
                     strict=True):
         stamps[i] = bank.foci[f]
-    strength = strength * rng.uniform(1.0 - 0.6 * difficulty, 1.0, count)
-    reach = round(8 * difficulty)
+    strength = strength * _fainter(rng, h, count)
+    reach = round(10 * h)
     if reach and count > ring:
         moved = corners[ring:] + rng.integers(-reach, reach + 1, (count - ring, 2))
-        # the cluster's middle stays inside the centre square [32, 64), 2 px from its edge
-        corners[ring:] = np.clip(moved, 34 - _HALF, 61 - _HALF)
+        # the cluster's middle stays inside the centre square [32, 64), 1 px from its edge
+        corners[ring:] = np.clip(moved, 33 - _HALF, 62 - _HALF)
     return stamps, strength
 
 
-def _with_aggregates(rng: np.random.Generator, difficulty: float, bank: _Bank, n: int,
-                     patches: np.ndarray, stamps: list[np.ndarray], corners: np.ndarray,
-                     strength: np.ndarray
-                     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-    """Add a lymphocyte-like aggregate, anywhere, to a ``difficulty`` share of the patches."""
-    chosen = np.flatnonzero(rng.random(n) < difficulty)
-    where = rng.integers(_HALF, SIZE - _HALF, (len(chosen), 2)) - _HALF  # inside the patch
-    picks = rng.integers(0, len(bank.aggregates), len(chosen))
-    return (
-        np.concatenate([patches, chosen]),
-        stamps + [bank.aggregates[a] for a in picks.tolist()],
-        np.concatenate([corners, where]),
-        np.concatenate([strength, rng.uniform(0.8, 1.2, len(chosen))]),
-    )
+def _extras(rng: np.random.Generator, difficulty: float, bank: _Bank, n: int
+            ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Look-alike aggregates anywhere, and tumour foci just outside the centre square.
+
+    Returns ``(patch, stamp, corner, strength)`` per added stamp.
+    """
+    h = _harshness(difficulty)
+    aggregated = np.flatnonzero(rng.random(n) < h)
+    anywhere = rng.integers(_HALF, SIZE - _HALF, (len(aggregated), 2))  # inside the patch
+    near = np.flatnonzero(rng.random(n) < h / 2)
+    # a focus reaches 10 px from its middle: 12-15 px outside the square keeps it out
+    side = rng.integers(0, 4, len(near))
+    gap = rng.integers(12, 16, len(near))
+    along = rng.integers(36, 61, len(near))
+    across = np.where(side % 2 == 0, 32 - gap, 63 + gap)
+    middles = np.where((side < 2)[:, None], np.stack([across, along], 1),
+                       np.stack([along, across], 1))
+    stamps = [bank.aggregates[a] for a in rng.integers(0, len(bank.aggregates),
+                                                       len(aggregated)).tolist()]
+    stamps += [bank.foci[f] for f in rng.integers(0, len(bank.foci), len(near)).tolist()]
+    strength = np.concatenate([rng.uniform(0.8, 1.2, len(aggregated)),
+                               rng.uniform(0.85, 1.15, len(near)) * _fainter(rng, h, len(near))])
+    corners = np.concatenate([anywhere, middles]).astype(np.int64) - _HALF
+    return np.concatenate([aggregated, near]), stamps, corners, strength
 
 
 def render_chunk(rng: np.random.Generator, labels: np.ndarray, difficulty: float = 0.0
@@ -219,7 +247,7 @@ def render_chunk(rng: np.random.Generator, labels: np.ndarray, difficulty: float
         rng: the chunk's random generator.
         labels: 0/1 per patch.
         difficulty: 0 (every tumour cluster large and dark: an easy task) to 1 (small,
-            faint foci among dark look-alikes); see the module's docstring.
+            faint foci, near misses and dark look-alikes); see the module's docstring.
 
     Returns:
         ``(x, clusters)``: the patches (n, 96, 96, 3) uint8 and the number of tumour-like
@@ -257,8 +285,11 @@ def render_chunk(rng: np.random.Generator, labels: np.ndarray, difficulty: float
     stamps = [bank.clusters[c] for c in chosen.tolist()]
     if hard is not None:
         stamps, strength = _harder(hard, difficulty, bank, centres, len(rows), stamps, strength)
-        c_patch, stamps, centres, strength = _with_aggregates(
-            hard, difficulty, bank, n, c_patch, stamps, centres, strength)
+        more = _extras(hard, difficulty, bank, n)
+        c_patch = np.concatenate([c_patch, more[0]])
+        stamps += more[1]
+        centres = np.concatenate([centres, more[2]])
+        strength = np.concatenate([strength, more[3]])
     for p, (top, left), stamp, s in zip(c_patch.tolist(), centres.tolist(), stamps,
                                         strength.tolist(), strict=True):
         # about two clusters per patch: a short loop of whole-stamp additions

@@ -232,7 +232,7 @@ def convert_pcam(
     if task_size is None:
         total_patches = sum(split.length for split in opened)
         task_size = int(np.clip(total_patches // (workers * 16), 256, 4096))
-    labels_of, wanted = {}, {}
+    labels_of, wanted, replace = {}, {}, set()
     for split in opened:  # every split is checked before any image is touched
         with PcamReader(split) as reader:
             labels_of[split.split] = reader.labels()
@@ -247,11 +247,11 @@ def convert_pcam(
             )
         if problem is not None:
             log.warning("%s: %s; making them again", dst / split.split, problem)
-            wanted[split.split]["replace"] = True
+            replace.add(split.split)
     tasks, counts = [], {}
     for split in opened:
         labels = labels_of[split.split]
-        if wanted[split.split].pop("replace", False) or not (dst / split.split / RECORD).exists():
+        if split.split in replace or not (dst / split.split / RECORD).exists():
             _claim(dst / split.split, wanted[split.split])
         counts[split.split] = {label: int((labels == int(label)).sum()) for label in LABELS}
         todo = _todo(split, labels, dst)

@@ -58,7 +58,7 @@ CHUNK = 256
 SYNTHETIC_ATTR = "pcamflow_synthetic"
 """HDF5 file attribute that marks a synthetic file."""
 
-DEFAULT_DIFFICULTY = 0.5
+DEFAULT_DIFFICULTY = 0.8
 """The difficulty that puts a good model's test AUC in the mid 0.90s, as on the real PCam."""
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
