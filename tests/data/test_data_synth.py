@@ -217,3 +217,20 @@ def test_is_synthetic_reads_only_the_start_of_a_gzip(tmp_path: Path) -> None:
     assert is_synthetic(cut)
     assert not is_synthetic(tmp_path / "missing.h5") and not is_synthetic(
         tmp_path / "cut")
+
+
+def test_at_full_difficulty_tumour_outside_the_centre_stays_outside() -> None:
+    from pcamflow.data import _tissue
+
+    bank = _tissue._bank()
+    patches, stamps, corners, _ = _tissue._extras(np.random.default_rng(3), 1.0, bank, 2000)
+    centre = np.zeros((96, 96), bool)
+    centre[32:64, 32:64] = True
+    near_misses = 0
+    for stamp, (top, left) in zip(stamps, corners.tolist(), strict=True):
+        canvas = np.zeros((96, 96), np.float32)
+        canvas[top:top + stamp.shape[0], left:left + stamp.shape[1]] = stamp  # inside the patch
+        if np.shares_memory(stamp, bank.foci):  # a focus, not a look-alike aggregate
+            near_misses += 1
+            assert not (canvas[centre] > 0).any()  # tumour, but not in the centre square
+    assert near_misses > 500 and len(patches) == len(stamps)

@@ -223,7 +223,7 @@ def _extras(rng: np.random.Generator, difficulty: float, bank: _Bank, n: int
     aggregated = np.flatnonzero(rng.random(n) < h)
     anywhere = rng.integers(_HALF, SIZE - _HALF, (len(aggregated), 2))  # inside the patch
     near = np.flatnonzero(rng.random(n) < h / 2)
-    # a focus reaches 10 px from its middle: 12-15 px outside the square keeps it out
+    # a focus reaches at most 9 px from its middle: 12-15 px outside the square keeps it out
     side = rng.integers(0, 4, len(near))
     gap = rng.integers(12, 16, len(near))
     along = rng.integers(36, 61, len(near))
