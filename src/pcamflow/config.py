@@ -27,7 +27,7 @@ from typing import Any, Literal
 import attrs
 from attrs.validators import deep_iterable, ge, gt, in_, le, min_len, optional
 
-from pcamflow._structure import INLINE, OMIT, READING, converter, structure
+from pcamflow._structure import INLINE, LATE, OMIT, READING, converter, structure
 from pcamflow._validation import (
     FINITE,
     INTEGER,
@@ -154,10 +154,13 @@ class DataSettings:
     )
     cache_dir: str | None = None
     verify_checksums: bool = True
-    download: bool = False
-    download_url: str = attrs.field(default=ZENODO_URL, validator=_url_template)
-    download_workers: int = attrs.field(default=3, validator=[INTEGER, ge(1), le(16)])
-    download_timeout: float = attrs.field(default=60.0, validator=[NUMBER, FINITE, gt(0)])
+    download: bool = attrs.field(default=False, metadata={LATE: True})
+    download_url: str = attrs.field(default=ZENODO_URL, validator=_url_template,
+                                    metadata={LATE: True})
+    download_workers: int = attrs.field(default=3, validator=[INTEGER, ge(1), le(16)],
+                                        metadata={LATE: True})
+    download_timeout: float = attrs.field(default=60.0, validator=[NUMBER, FINITE, gt(0)],
+                                          metadata={LATE: True})
 
 
 @attrs.frozen(kw_only=True, field_transformer=_checked)
@@ -175,7 +178,7 @@ class ConvertSettings:
     quality: int = attrs.field(default=95, validator=[INTEGER, ge(1), le(100)])
     workers: int | None = attrs.field(default=None, validator=optional(_COUNT))
     output: str | None = None
-    reconvert: bool = False
+    reconvert: bool = attrs.field(default=False, metadata={LATE: True})
 
 
 @attrs.frozen(kw_only=True, field_transformer=_checked)
