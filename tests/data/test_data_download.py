@@ -299,3 +299,13 @@ def test_the_pipeline_downloads_before_converting(tmp_path: Path,
     assert len(pcam_server.requests) == 4
     record = json.loads((source / f".{pcam_name('test', 'x', gz=True)}.verified.json").read_text())
     assert record["sha256"] == pcam_module.PUBLISHED_CHECKSUMS[pcam_name("test", "x", gz=True)][1]
+
+
+def test_the_download_settings_round_trip_and_join_the_fingerprint_when_set() -> None:
+    from pcamflow._io import digest
+
+    plain = Settings()
+    fetching = Settings.from_dict({"data": {"download": True, "download_workers": 5}})
+    assert Settings.from_dict(fetching.to_dict()) == fetching
+    assert "download" not in plain.to_dict()["data"]  # at their defaults they are left out...
+    assert digest(plain.data) != digest(fetching.data)  # ...and count once they are set
