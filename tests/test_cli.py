@@ -149,7 +149,8 @@ def test_predict_without_boto3_names_the_extra_to_install(tmp_path):
 
 
 def test_an_old_flat_aws_key_is_named_once_with_its_new_place(tmp_path, caplog):
-    path = write(tmp_path, '[aws]\ninstance_type = "ml.g4dn.xlarge"\n')
+    # download = true: validate accepts a data.source that the run would fill
+    path = write(tmp_path, '[data]\ndownload = true\n[aws]\ninstance_type = "ml.g4dn.xlarge"\n')
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert main(["validate", str(path)]) == 0

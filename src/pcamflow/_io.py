@@ -4,6 +4,9 @@
   temporary file beside the target and rename it onto the target, so a file is either its old
   self or complete, never half written. Temporary names end in :data:`PARTIAL_SUFFIX`, so a
   folder's leftovers of a killed run are easy to find and remove.
+- :func:`partial_path` names the one temporary file of a long write that a re-run resumes or
+  replaces (a download, a decompression), and :func:`locked` opens it under an exclusive
+  lock, so two processes never write it at once.
 - :func:`digest` is the one fingerprint: a short SHA-256 of a JSON rendering of any value the
   shared converter can unstructure (attrs classes, dicts, lists, numbers, strings).
 - ``run.json`` is read and written here (:class:`StageRecord`, :func:`read_run_record`,
@@ -26,6 +29,11 @@ from typing import IO, Any, TypeVar
 
 import attrs
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locks, one process at a time
+    fcntl = None  # type: ignore[assignment]
+
 from pcamflow._structure import converter
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import PcamflowError
@@ -37,7 +45,9 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "digest",
+    "locked",
     "new_run_id",
+    "partial_path",
     "read_run_record",
     "recorded_artifacts",
     "run_id",
@@ -119,6 +129,34 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def partial_path(target: str | Path) -> Path:
+    """The fixed temporary name of ``target`` while it is being written: ``.<name>.partial``.
+
+    Unlike :func:`atomic_path`'s names it is the same in every process, so a run killed
+    mid-write leaves a file the next run finds: to resume it, or to replace it.
+    """
+    target = Path(target)
+    return target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading and writing (made if missing) under an exclusive lock.
+
+    The lock (``flock``, where the platform has it) waits for another process that holds
+    it, and ends when the block does or the process dies. The handle starts at the start of
+    the file, and writes append (``truncate(0)`` first to start over).
+    """
+    handle = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        handle.seek(0)
+        yield handle
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def digest(payload: Any, length: int = 16) -> str:

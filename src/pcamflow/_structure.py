@@ -11,9 +11,12 @@ key path, as a settings file writes it::
     train.epochs: expected an integer, got 'ten'
     train.extensions.dihedrl: unknown setting; did you mean 'dihedral'? (known: ...)
 
-Two field metadata flags shape the mapping: :data:`INLINE` (the field's keys sit in its
-parent's table: ``[train]`` holds the hyperparameters) and :data:`OMIT` (the field is never
-read from the data: a settings file cannot set where it was read from).
+Three field metadata flags shape the mapping: :data:`INLINE` (the field's keys sit in its
+parent's table: ``[train]`` holds the hyperparameters), :data:`OMIT` (the field is never
+read from the data: a settings file cannot set where it was read from) and :data:`LATE` (a
+setting added after run folders existed: it is left out of the unstructured data while at its
+default, so that the fingerprints of settings that do not use it stay what they were, and
+existing runs do not re-run their stages).
 """
 
 from __future__ import annotations
@@ -33,17 +36,32 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn, override
+from cattrs.gen import (
+    make_dict_structure_fn,
+    make_dict_unstructure_fn,
+    make_mapping_structure_fn,
+    override,
+)
 
 from pcamflow._validation import allowed, expected, join_key
 from pcamflow.errors import ConfigError, PcamflowError
 
-__all__ = ["INLINE", "OMIT", "READING", "converter", "structure", "structure_attrs_fn"]
+__all__ = [
+    "INLINE",
+    "LATE",
+    "OMIT",
+    "READING",
+    "converter",
+    "structure",
+    "structure_attrs_fn",
+]
 
 INLINE = "pcamflow.inline"
 """Field metadata: the field's own keys are written in its parent's table."""
 OMIT = "pcamflow.omit"
 """Field metadata: the field is set by code, never from the data."""
+LATE = "pcamflow.late"
+"""Field metadata: a later setting, left out of the unstructured data while at its default."""
 
 READING: contextvars.ContextVar[str | None] = contextvars.ContextVar("READING", default=None)
 """The file whose data is being structured, for hooks that warn (None: not from a file)."""
@@ -184,6 +202,18 @@ def structure_attrs_fn(cls: type) -> Any:
     return structure
 
 
+def _has_late_fields(cls: Any) -> bool:
+    return attrs.has(cls) and any(f.metadata.get(LATE) for f in attrs.fields(cls))
+
+
+def _unstructure_late_fn(cls: type) -> Any:
+    """cattrs' own unstructuring of ``cls``, but its LATE fields only when not at default."""
+    late = {f.name: override(omit_if_default=True) for f in attrs.fields(cls)
+            if f.metadata.get(LATE)}
+    return make_dict_unstructure_fn(cls, converter, **late)
+
+
+converter.register_unstructure_hook_factory(_has_late_fields, _unstructure_late_fn)
 converter.register_structure_hook_factory(_is_plain_union, _plain_union_hook)
 converter.register_structure_hook_factory(_is_literal, _literal_hook)
 converter.register_structure_hook_factory(_is_sequence, _sequence_hook)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "expected",
     "join_key",
     "unwrap",
+    "url_template_problem",
 ]
 
 _NOT_BOOL = v.not_(v.instance_of(bool))
@@ -85,6 +87,16 @@ def join_key(path: str, key: Any) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", text):
         text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{path}.{text}" if path else text
+
+
+def url_template_problem(url: str) -> str | None:
+    """Why ``url`` is not an ``http(s)://`` URL template holding ``{name}``, or None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{url!r} is not an http:// or https:// URL"
+    if "{name}" not in url:
+        return f"{url!r} holds no {{name}} (the place of the file's name)"
+    return None
 
 
 def unwrap(validator: Any) -> Any:

@@ -110,6 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
+    pipeline.validate(settings)  # every stage's own checks, none that needs the network
     print(f"{args.config}: valid; stages: {', '.join(pipeline.names)}")
     return 0
 

@@ -28,8 +28,15 @@ from typing import Any, Literal
 import attrs
 from attrs.validators import deep_iterable, ge, gt, in_, le, lt, min_len, optional
 
-from pcamflow._structure import INLINE, OMIT, READING, converter, structure
-from pcamflow._validation import FINITE, INTEGER, MAX_SEED, NUMBER, checked
+from pcamflow._structure import INLINE, LATE, OMIT, READING, converter, structure
+from pcamflow._validation import (
+    FINITE,
+    INTEGER,
+    MAX_SEED,
+    NUMBER,
+    checked,
+    url_template_problem,
+)
 from pcamflow.aws_settings import (
     AwsEndpointSettings,
     AwsEvaluationSettings,
@@ -48,6 +55,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "API_KEY_ENV",
+    "ZENODO_URL",
     "AwsEndpointSettings",
     "AwsEvaluationSettings",
     "AwsNetworkSettings",
@@ -112,15 +120,32 @@ class PipelineSettings:
         return {k: getattr(self, k) for k in kinds if getattr(self, k) not in ("none", "")}
 
 
+ZENODO_URL = "https://zenodo.org/records/2546921/files/{name}?download=1"
+"""PCam's files on Zenodo (record 2546921, its canonical source); ``{name}``: a file name."""
+
+
+def _url_template(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """An http(s) URL holding ``{name}``."""
+    problem = url_template_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{attribute.name}: {problem}")
+
+
 @attrs.frozen(kw_only=True, field_transformer=_checked)
 class DataSettings:
-    """``[data]``: where the PCam HDF5 files are.
+    """``[data]``: where the PCam HDF5 files are, and where they come from.
 
     Attributes:
         source: folder with ``camelyonpatch_level_2_split_*_{x,y}.h5`` (or ``.h5.gz``).
         splits: the splits to use.
         cache_dir: where ``.h5.gz`` files are decompressed (None: beside the source).
         verify_checksums: check files named like real PCam against the published checksums.
+        download: fetch the splits' files into ``source`` first (the converter stage does;
+            files already there and verified are not fetched again).
+        download_url: where each file is (``{name}``: its name): Zenodo, or your mirror.
+        download_workers: files downloaded at once.
+        download_timeout: seconds without data before a connection counts as dropped (it is
+            then resumed, a few times).
     """
 
     source: str = "data/pcam"
@@ -131,6 +156,13 @@ class DataSettings:
     )
     cache_dir: str | None = None
     verify_checksums: bool = True
+    download: bool = attrs.field(default=False, metadata={LATE: True})
+    download_url: str = attrs.field(default=ZENODO_URL, validator=_url_template,
+                                    metadata={LATE: True})
+    download_workers: int = attrs.field(default=3, validator=[INTEGER, ge(1), le(16)],
+                                        metadata={LATE: True})
+    download_timeout: float = attrs.field(default=60.0, validator=[NUMBER, FINITE, gt(0)],
+                                          metadata={LATE: True})
 
 
 @attrs.frozen(kw_only=True, field_transformer=_checked)
@@ -141,11 +173,14 @@ class ConvertSettings:
         quality: JPEG quality.
         workers: worker processes (None: one per core).
         output: the image tree's root (None: ``<run_dir>/convert/images``).
+        reconvert: when a split's images in the output were made from other data or at
+            another quality, replace them (false: stop with an error naming the change).
     """
 
     quality: int = attrs.field(default=95, validator=[INTEGER, ge(1), le(100)])
     workers: int | None = attrs.field(default=None, validator=optional(_COUNT))
     output: str | None = None
+    reconvert: bool = attrs.field(default=False, metadata={LATE: True})
 
 
 @attrs.frozen(kw_only=True, field_transformer=_checked)

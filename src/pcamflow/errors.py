@@ -23,6 +23,7 @@ pcamflow::
     │   ├── TrainingError                      training failed
     │   │   └── DivergedError                  the loss became NaN or infinite
     │   └── ModelError                         a model cannot be loaded or run
+    ├── DownloadError (OSError)               a file cannot be downloaded
     ├── EndpointError (RuntimeError)          an endpoint cannot be started, reached or used
     ├── TrackingError (RuntimeError)          the experiment tracker cannot be reached or used
     └── AwsError (RuntimeError)               an AWS call or job failed
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DivergedError",
+    "DownloadError",
     "DuplicateStageError",
     "EndpointError",
     "HyperparameterError",
@@ -148,6 +150,12 @@ class DivergedError(TrainingError):
 
 class ModelError(StageError):
     """A model archive cannot be loaded, or the model fails on its input."""
+
+
+class DownloadError(PcamflowError, OSError):
+    """A file cannot be downloaded: the server refuses it, the connection keeps failing, the
+    disk is full, or it arrives corrupt. The message names the URL or the file; what was
+    fetched is kept, so a re-run resumes."""
 
 
 class EndpointError(PcamflowError, RuntimeError):

@@ -238,6 +238,32 @@ class Pipeline:
                 f"{option} {name!r}: no such stage; stages: {', '.join(self.names)}"
             )
 
+    def validate(self, settings: Any, *, services: Mapping[str, Any] | None = None) -> None:
+        """Run every stage's :meth:`~pcamflow.stages.Stage.validate` without running any.
+
+        The contexts are those of a fresh run (no artifacts of earlier stages), marked
+        ``offline``, so that no check reaches the network. This is what ``pcamflow validate``
+        does.
+
+        Raises:
+            Whatever a stage's ``validate`` raises.
+        """
+        run_dir = Path(settings.run_dir)
+        upstream: dict[str, str] = {}
+        for name, stage in self.steps:
+            context = Context(
+                settings=settings,
+                run_dir=run_dir,
+                stage_dir=stage_output_dir(run_dir, name),
+                services=dict(services or {}),
+                stage_name=name,
+                upstream=dict(upstream),
+                offline=True,
+            )
+            log.debug("validating %s", name)
+            stage.validate(context)
+            upstream[name] = stage.fingerprint(context)
+
     def run(
         self,
         settings: Any,

@@ -74,6 +74,10 @@ class Context:
             fingerprint includes them, so a re-run upstream re-runs everything after it.
         run_id: the run's id (kept in ``run.json``; empty outside a pipeline run), which tells
             apart runs whose folders share a name.
+        offline: set when only validating (``pcamflow validate``,
+            :meth:`~pcamflow.pipeline.Pipeline.validate`): :meth:`Stage.validate` must then
+            make no network call and start nothing; a check that needs a service is left
+            to the real run.
     """
 
     settings: Settings
@@ -84,6 +88,7 @@ class Context:
     stage_name: str = ""
     upstream: Mapping[str, str] = attrs.field(factory=dict)
     run_id: str = ""
+    offline: bool = False
 
     def input(self, kind: type[_A]) -> _A:
         """The latest earlier artifact of type ``kind``.
@@ -133,7 +138,11 @@ class Stage(abc.ABC):
     settings_sections: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, context: Context) -> None:  # noqa: B027 - optional hook
-        """Cheap checks before any work or spend; raise an error naming the setting."""
+        """Cheap checks before any work or spend; raise an error naming the setting.
+
+        When ``context.offline`` is set, checks that need the network (credentials, a
+        bucket, a quota) are skipped: ``pcamflow validate`` runs this with no service.
+        """
 
     @abc.abstractmethod
     def run(self, context: Context) -> Artifact:

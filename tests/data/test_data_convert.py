@@ -140,3 +140,101 @@ def test_sigkill_mid_conversion_then_rerun_completes(tmp_path: Path) -> None:
         expected = {f"train_{i:06d}.jpg" for i in np.flatnonzero(labels == int(label))}
         assert names == expected
     assert not list(out.rglob("*.partial"))
+
+
+# --- what the images were made from ---------------------------------------------------------
+
+
+def _decoded(root: Path, split: str, index: int, label: int) -> np.ndarray:
+    with Image.open(root / split / str(label) / f"{split}_{index:06d}.jpg") as image:
+        return np.asarray(image, dtype=np.int16)
+
+
+def _patch(source: Path, split: str, index: int) -> np.ndarray:
+    with h5py.File(source / pcam_name(split, "x"), "r") as f:
+        return f["x"][index].astype(np.int16)
+
+
+def test_images_of_another_dataset_are_never_mixed_in(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_synthetic_pcam(first, train=0, valid=20, test=0, seed=1, progress=False)
+    write_synthetic_pcam(second, train=0, valid=20, test=0, seed=2, progress=False)
+    out = tmp_path / "images"
+    convert_pcam(first, out, splits=["valid"], workers=1, progress=False)
+    before = _jpegs(out)
+    with pytest.raises(DataError) as error:
+        convert_pcam(second, out, splits=["valid"], workers=1, progress=False)
+    message = str(error.value)
+    assert str(out / "valid") in message and "made from other data" in message
+    assert "convert.reconvert" in message
+    assert _jpegs(out) == before  # nothing lost, nothing mixed in
+
+    convert_pcam(second, out, splits=["valid"], workers=1, reconvert=True, progress=False)
+    labels = _labels(second, "valid")
+    for index in range(20):
+        image = _decoded(out, "valid", index, int(labels[index]))
+        assert np.abs(image - _patch(second, "valid", index)).mean() < 4  # JPEG's loss only
+    assert len(_jpegs(out)) == 20
+
+
+def test_a_change_of_quality_is_an_error_or_a_reconversion(pcam_dir: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["test"], quality=95, workers=1, progress=False)
+    high = _jpegs(out)
+    with pytest.raises(DataError, match=r"made at JPEG quality 95, not 30"):
+        convert_pcam(pcam_dir, out, splits=["test"], quality=30, workers=1, progress=False)
+    assert _jpegs(out) == high
+    convert_pcam(pcam_dir, out, splits=["test"], quality=30, workers=1, reconvert=True,
+                 progress=False)
+    low = _jpegs(out)
+    assert set(low) == set(high) and sum(low.values()) < sum(high.values())
+    convert_pcam(pcam_dir, out, splits=["test"], quality=30, workers=1, progress=False)
+    assert _jpegs(out) == low  # the same settings again: nothing to do
+
+
+def test_the_pipeline_stage_stops_on_a_quality_change(pcam_dir: Path, tmp_path: Path) -> None:
+    from pcamflow.config import Settings
+    from pcamflow.pipeline import Pipeline
+    from pcamflow.registry import Registry
+
+    def run(**convert: object) -> None:
+        settings = Settings.from_dict({
+            "pipeline": {"run_dir": str(tmp_path / "run"), "manifest_builder": "none",
+                         "trainer": "none", "evaluator": "none"},
+            "data": {"source": str(pcam_dir), "splits": ["valid"]},
+            "convert": {"workers": 1, **convert},
+        })
+        Pipeline.from_settings(settings, Registry.from_entry_points()).run(settings)
+
+    run(quality=90)
+    with pytest.raises(DataError, match="quality 90, not 70"):
+        run(quality=70)  # the record in run.json never says 70 for images made at 90
+    run(quality=70, reconvert=True)
+
+
+def test_images_with_no_record_are_not_trusted(pcam_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    stranger = out / "valid" / "1" / "valid_000003.jpg"
+    stranger.parent.mkdir(parents=True)
+    Image.new("RGB", (96, 96), "blue").save(stranger)
+    notes = out / "valid" / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(DataError, match=r"holds 1 images with no record"):
+        convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    assert stranger.exists()
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, reconvert=True, progress=False)
+    assert notes.read_text() == "mine"  # only images by our names are replaced
+    assert len(_jpegs(out)) == 32
+
+
+def test_a_truncated_jpeg_is_made_again(pcam_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["test"], workers=1, progress=False)
+    whole = _jpegs(out)
+    victim = out / sorted(whole)[3]
+    victim.write_bytes(victim.read_bytes()[: whole[sorted(whole)[3]] // 2])
+    empty = out / sorted(whole)[5]
+    empty.write_bytes(b"")
+    convert_pcam(pcam_dir, out, splits=["test"], workers=2, progress=False)
+    assert _jpegs(out) == whole  # decodes, and the same size as made the first time

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import _pcam_cases as _bad
@@ -125,3 +131,41 @@ def test_unknown_split_and_missing_folder(tmp_path: Path) -> None:
         open_split(tmp_path, "validation")
     with pytest.raises(DataError, match="nowhere"):
         open_split(tmp_path / "nowhere", "train")
+
+
+_SLOW_DECOMPRESSION = """
+import sys, time
+import pcamflow.data._gzip as gz
+
+class Slow(gz.tqdm):  # every block of the file takes a while: time to be killed
+    def update(self, n=1):
+        time.sleep(0.05)
+        return super().update(n)
+
+gz.tqdm = Slow
+gz._BLOCK = 1 << 14
+gz.decompress(sys.argv[1], progress=False)
+"""
+
+
+def test_a_killed_decompression_leaves_a_partial_file_the_next_run_replaces(
+        tmp_path: Path) -> None:
+    payload = np.random.default_rng(0).integers(0, 255, 4 << 20, dtype=np.uint8).tobytes()
+    gz = tmp_path / pcam_name("train", "x", gz=True)
+    gz.write_bytes(gzip.compress(payload, compresslevel=1))
+    partial = tmp_path / f".{pcam_name('train', 'x')}.partial"
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_DECOMPRESSION, str(gz)])
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 0):
+        assert child.poll() is None, "the decompression ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert 0 < partial.stat().st_size < len(payload)  # the name is fixed: the next run sees it
+    assert not (tmp_path / pcam_name("train", "x")).exists()
+
+    out, sha = decompress(gz, progress=False)
+    assert out.read_bytes() == payload and sha == hashlib.sha256(gz.read_bytes()).hexdigest()
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == sorted([gz.name, out.name, f".{out.name}.source.json"])

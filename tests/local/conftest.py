@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pcamflow.artifacts import Manifests
-from pcamflow.data.synth import write_synthetic_pcam
+from pcamflow.data.synth import DEFAULT_DIFFICULTY, write_synthetic_pcam
 
 
 def write_manifests(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Manifests:
@@ -31,10 +31,11 @@ def write_manifests(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]
     return Manifests(manifests=manifests, counts=counts, image_root=str(root))
 
 
-def synthetic_splits(tmp: Path, train: int, valid: int, test: int, seed: int = 0):
+def synthetic_splits(tmp: Path, train: int, valid: int, test: int, seed: int = 0,
+                     difficulty: float = DEFAULT_DIFFICULTY):
     """Synthetic PCam arrays per split, as (x, y)."""
     paths = write_synthetic_pcam(tmp / "h5", train=train, valid=valid, test=test, seed=seed,
-                                 progress=False)
+                                 difficulty=difficulty, progress=False)
     out = {}
     for split in ("train", "valid", "test"):
         if f"{split}_x" not in paths:

@@ -12,6 +12,26 @@ The label design keeps whole-patch colour statistics uninformative: every patch 
 same random number of tumour-like clusters; a positive has one of them inside the centre
 32x32 square, a negative has all of them outside it. Only *where* the tumour cells lie tells
 the classes apart, which is what PCam's label means.
+
+``difficulty`` (0..1) makes the task as hard as real PCam, where a good model's AUC is well
+below 1. Each of its effects touches both classes alike, so colour statistics stay
+uninformative and the label still means "tumour cells in the centre square". With
+``h = 1.5 * difficulty``:
+
+- a tumour cluster is, with probability ``min(1, h)``, a small focus of 2-6 nuclei instead of
+  a crowd of 18-30;
+- tumour clusters are fainter, by a factor drawn from ``[max(0.1, 1 - 0.7 * h), 1]``;
+- the centre cluster wanders further from the middle, by up to ``4 + 10 * h`` px (its middle
+  stays inside the centre square, so some of its cells are in it);
+- a patch holds, with probability ``min(1, h)``, an aggregate of dark, round nuclei a little
+  smaller than tumour cells (like lymphocytes), anywhere, the centre included: dark, but not
+  tumour;
+- a patch holds, with probability ``min(1, h / 2)``, one more small focus just outside the
+  centre square (its nearest cell 3-6 px from the edge): tumour, but not in the centre.
+
+At ``difficulty = 0`` none of this happens and the patches are those of the easy task, byte
+for byte. The draws that difficulty needs come from a generator spawned from the chunk's
+one, so the easy task's draws are untouched.
 """
 
 from __future__ import annotations
@@ -60,17 +80,38 @@ def _nucleus(rng: np.random.Generator, side: int, radius: tuple[float, float],
     return (body * texture).astype(np.float32)
 
 
-def _cluster(rng: np.random.Generator) -> np.ndarray:
-    """One tumour-like cluster stamp: 18-30 large, dark, irregular, crowded nuclei."""
+def _cluster(rng: np.random.Generator, small: bool = False) -> np.ndarray:
+    """One tumour-like cluster stamp: 18-30 large, dark, irregular, crowded nuclei.
+
+    ``small``: a focus of 2-6 such nuclei within 4 px of the middle instead (so within 10 px
+    of it, edges included).
+    """
     canvas = np.zeros((_CLUSTER, _CLUSTER), dtype=np.float32)
     side = 11
-    for _ in range(int(rng.integers(18, 30))):
-        radius = 10.0 * np.sqrt(rng.random())
+    count, spread = (rng.integers(2, 7), 4.0) if small else (rng.integers(18, 30), 10.0)
+    for _ in range(int(count)):
+        radius = spread * np.sqrt(rng.random())
         angle = rng.uniform(0, 2 * np.pi)
         y = round(_HALF + radius * np.sin(angle)) - side // 2
         x = round(_HALF + radius * np.cos(angle)) - side // 2
         stamp = _nucleus(rng, side, (3.2, 4.9), (0.55, 1.0), 0.18, 0.45)
         canvas[y:y + side, x:x + side] += stamp * rng.uniform(0.9, 1.4)
+    return canvas
+
+
+def _aggregate(rng: np.random.Generator) -> np.ndarray:
+    """A look-alike aggregate stamp: 15-35 dark, round, uniform nuclei a little smaller than
+    tumour cells, as lymphocytes crowd in a lymph node."""
+    canvas = np.zeros((_CLUSTER, _CLUSTER), dtype=np.float32)
+    spread = rng.uniform(5.0, 10.0)
+    side = 9
+    for _ in range(int(rng.integers(15, 36))):
+        radius = spread * np.sqrt(rng.random())
+        angle = rng.uniform(0, 2 * np.pi)
+        y = round(_HALF + radius * np.sin(angle)) - side // 2
+        x = round(_HALF + radius * np.cos(angle)) - side // 2
+        stamp = _nucleus(rng, side, (2.2, 3.3), (0.8, 1.0), 0.06, 0.2)
+        canvas[y:y + side, x:x + side] += stamp * rng.uniform(1.0, 1.4)
     return canvas
 
 
@@ -123,6 +164,9 @@ class _Bank:
         self.up = _upsample_matrix(_GRID, SIZE)
         # fine stroma grain, drawn once: a fresh random field per patch costs more than the rest
         self.grain = 0.25 * rng.random((64, SIZE, SIZE), dtype=np.float32)
+        # drawn last, so that the stamps above are those of the easy task
+        self.foci = np.stack([v for _ in range(64) for v in _views(_cluster(rng, small=True))])
+        self.aggregates = np.stack([v for _ in range(64) for v in _views(_aggregate(rng))])
 
 
 @functools.cache
@@ -137,12 +181,73 @@ def _field(rng: np.random.Generator, n: int, up: np.ndarray) -> np.ndarray:
     return up @ grid @ up.T
 
 
-def render_chunk(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _harshness(difficulty: float) -> float:
+    """``h`` of the module's docstring: how strongly each effect of difficulty applies."""
+    return 1.5 * difficulty
+
+
+def _fainter(rng: np.random.Generator, h: float, count: int) -> np.ndarray:
+    """Per cluster, a factor its stain is multiplied by."""
+    return rng.uniform(max(0.1, 1.0 - 0.7 * h), 1.0, count)
+
+
+def _harder(rng: np.random.Generator, difficulty: float, bank: _Bank, corners: np.ndarray,
+            ring: int, stamps: list[np.ndarray], strength: np.ndarray
+            ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Small foci, fainter clusters, and centre clusters further from the middle.
+
+    ``corners[ring:]`` are the centre clusters' stamp corners; they move in place.
+    """
+    h = _harshness(difficulty)
+    count = len(stamps)
+    small = np.flatnonzero(rng.random(count) < h)
+    for i, f in zip(small.tolist(), rng.integers(0, len(bank.foci), len(small)).tolist(),
+                    strict=True):
+        stamps[i] = bank.foci[f]
+    strength = strength * _fainter(rng, h, count)
+    reach = round(10 * h)
+    if reach and count > ring:
+        moved = corners[ring:] + rng.integers(-reach, reach + 1, (count - ring, 2))
+        # the cluster's middle stays inside the centre square [32, 64), 1 px from its edge
+        corners[ring:] = np.clip(moved, 33 - _HALF, 62 - _HALF)
+    return stamps, strength
+
+
+def _extras(rng: np.random.Generator, difficulty: float, bank: _Bank, n: int
+            ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Look-alike aggregates anywhere, and tumour foci just outside the centre square.
+
+    Returns ``(patch, stamp, corner, strength)`` per added stamp.
+    """
+    h = _harshness(difficulty)
+    aggregated = np.flatnonzero(rng.random(n) < h)
+    anywhere = rng.integers(_HALF, SIZE - _HALF, (len(aggregated), 2))  # inside the patch
+    near = np.flatnonzero(rng.random(n) < h / 2)
+    # a focus reaches at most 9 px from its middle: 12-15 px outside the square keeps it out
+    side = rng.integers(0, 4, len(near))
+    gap = rng.integers(12, 16, len(near))
+    along = rng.integers(36, 61, len(near))
+    across = np.where(side % 2 == 0, 32 - gap, 63 + gap)
+    middles = np.where((side < 2)[:, None], np.stack([across, along], 1),
+                       np.stack([along, across], 1))
+    stamps = [bank.aggregates[a] for a in rng.integers(0, len(bank.aggregates),
+                                                       len(aggregated)).tolist()]
+    stamps += [bank.foci[f] for f in rng.integers(0, len(bank.foci), len(near)).tolist()]
+    strength = np.concatenate([rng.uniform(0.8, 1.2, len(aggregated)),
+                               rng.uniform(0.85, 1.15, len(near)) * _fainter(rng, h, len(near))])
+    corners = np.concatenate([anywhere, middles]).astype(np.int64) - _HALF
+    return np.concatenate([aggregated, near]), stamps, corners, strength
+
+
+def render_chunk(rng: np.random.Generator, labels: np.ndarray, difficulty: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one patch per label.
 
     Args:
         rng: the chunk's random generator.
         labels: 0/1 per patch.
+        difficulty: 0 (every tumour cluster large and dark: an easy task) to 1 (small,
+            faint foci, near misses and dark look-alikes); see the module's docstring.
 
     Returns:
         ``(x, clusters)``: the patches (n, 96, 96, 3) uint8 and the number of tumour-like
@@ -151,6 +256,7 @@ def render_chunk(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarr
     bank = _bank()
     n = len(labels)
     positive = labels.astype(bool)
+    hard = rng.spawn(1)[0] if difficulty > 0 else None  # leaves rng's own draws as they were
 
     # Tissue: a smooth field thresholded into white gaps, covering 0..~35% of the patch.
     tissue = _field(rng, n, bank.up)
@@ -176,11 +282,18 @@ def render_chunk(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarr
     c_patch = np.concatenate([rows, inside])
     chosen = rng.integers(0, len(bank.clusters), len(c_patch))
     strength = rng.uniform(0.85, 1.15, len(c_patch))
-    stamps = zip(c_patch.tolist(), centres.tolist(), chosen.tolist(), strength.tolist(),
-                 strict=True)
-    for p, (top, left), c, s in stamps:
+    stamps = [bank.clusters[c] for c in chosen.tolist()]
+    if hard is not None:
+        stamps, strength = _harder(hard, difficulty, bank, centres, len(rows), stamps, strength)
+        more = _extras(hard, difficulty, bank, n)
+        c_patch = np.concatenate([c_patch, more[0]])
+        stamps += more[1]
+        centres = np.concatenate([centres, more[2]])
+        strength = np.concatenate([strength, more[3]])
+    for p, (top, left), stamp, s in zip(c_patch.tolist(), centres.tolist(), stamps,
+                                        strength.tolist(), strict=True):
         # about two clusters per patch: a short loop of whole-stamp additions
-        haem[p, top:top + _CLUSTER, left:left + _CLUSTER] += bank.clusters[c] * s
+        haem[p, top:top + _CLUSTER, left:left + _CLUSTER] += stamp * s
     np.minimum(haem, 2.2, out=haem)
 
     # Stroma: eosin with smooth and fine texture; gaps are almost unstained.

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pcamflow._io import atomic_path
-from pcamflow.data._files import SPLITS
+from pcamflow.data._files import SPLITS, writable_folder
 from pcamflow.data.pcam import PcamReader, open_split
 
 __all__ = ["explore", "outline_centre"]
@@ -119,10 +119,10 @@ def explore(
     """Write the exploration report of the PCam files in ``source``; return ``index.html``.
 
     Raises:
-        DataError: as :func:`pcamflow.data.pcam.open_split` does.
+        DataError: as :func:`pcamflow.data.pcam.open_split` does, or ``out_dir`` is not
+            writable.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     opened = [open_split(source, s, cache_dir=cache_dir, verify_checksums=verify_checksums,
                          progress=progress) for s in splits]
     stats: dict[str, Any] = {"splits": {}, "duplicates_across": {}}

@@ -2,16 +2,18 @@
 
 A split is two files, ``camelyonpatch_level_2_split_<split>_x.h5`` and ``..._y.h5``, each
 possibly gzipped (``.h5.gz``, as Zenodo serves them). :func:`open_split` finds them, turns a
-``.gz`` into an ``.h5`` once (streaming, through a temporary file renamed when complete, beside
-the source or in a cache folder, and reused afterwards), checks files named like the real PCam
-against the published checksums, and checks the schema before anything else is done:
+``.gz`` into an ``.h5`` once (:func:`decompress`, beside the source or in a cache folder, and
+reused afterwards), checks files named like the real PCam against the published checksums,
+and checks the schema before anything else is done:
 
 - ``x``: (N, 96, 96, 3) uint8;
 - ``y``: (N, 1, 1, 1) or (N,), any integer dtype, values in {0, 1};
 - the same N > 0 in both.
 
-:class:`PcamReader` then yields the split in chunks aligned to the file's own HDF5 chunking,
-so that any chunk layout or compression works and a split is never read whole into memory.
+:func:`check_split` makes the part of these checks that costs no more than opening the files
+(names, sizes, shapes, counts), for ``pcamflow validate``. :class:`PcamReader` then yields
+the split in chunks aligned to the file's own HDF5 chunking, so that any chunk layout or
+compression works and a split is never read whole into memory.
 
 Checksums: the original PCam README swapped the MD5 sums of the valid and test ``x`` files;
 pcamflow uses the sizes and SHA-256 sums of the ``.h5.gz`` files from tensorflow_datasets'
@@ -23,8 +25,6 @@ of patches. Synthetic files (attribute ``pcamflow_synthetic``) are not checked.
 from __future__ import annotations
 
 import hashlib
-import json
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,10 @@ from typing import Any
 import attrs
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
-from pcamflow._io import atomic_path
 from pcamflow.data._files import SPLITS, pcam_name
-from pcamflow.data.synth import SYNTHETIC_ATTR
+from pcamflow.data._gzip import decompress, decompressed, gz_identity, sidecar
+from pcamflow.data.synth import SYNTHETIC_ATTR, is_synthetic
 from pcamflow.errors import ChecksumError, DataError, SchemaError
 
 __all__ = [
@@ -45,6 +44,7 @@ __all__ = [
     "PcamReader",
     "PcamSplit",
     "check_schema",
+    "check_split",
     "decompress",
     "open_split",
 ]
@@ -69,7 +69,6 @@ PCAM_LENGTHS = {"train": 262144, "valid": 32768, "test": 32768}
 """Patches per split in the real PCam."""
 
 PATCH_SHAPE = (96, 96, 3)
-_BLOCK = 1 << 20
 
 
 @attrs.frozen
@@ -103,76 +102,8 @@ def _find(source: Path, split: str, key: str) -> Path:
     raise DataError(f"{split}: missing file {plain} (or {gz.name}) in {source}")
 
 
-def _sidecar(h5: Path) -> Path:
-    return h5.with_name(f".{h5.name}.source.json")
-
-
 def _is_our_decompression(plain: Path, gz: Path) -> bool:
-    return gz.exists() and _sidecar(plain).exists()
-
-
-def _gz_identity(gz: Path) -> dict[str, Any]:
-    stat = gz.stat()
-    return {"source": str(gz.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def decompress(gz: str | Path, cache_dir: str | Path | None = None, *,
-               progress: bool = True) -> tuple[Path, str | None]:
-    """Decompress ``gz`` once; return the ``.h5`` path and the ``.gz``'s SHA-256.
-
-    The output goes beside ``gz`` (or into ``cache_dir``) through a temporary file renamed
-    when complete; a small record beside it remembers which ``.gz`` it came from, so a later
-    call reuses it (the SHA-256 is then the one recorded, or None).
-
-    Raises:
-        DataError: the file is missing, not gzip, truncated, or the folder is not writable.
-    """
-    gz = Path(gz)
-    if not gz.exists():
-        raise DataError(f"{gz}: file not found")
-    folder = Path(cache_dir) if cache_dir is not None else gz.parent
-    target = folder / gz.name[: -len(".gz")]
-    identity = _gz_identity(gz)
-    sidecar = _sidecar(target)
-    if target.exists() and sidecar.exists():
-        try:
-            record = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            record = {}
-        if all(record.get(k) == v for k, v in identity.items()):
-            return target, record.get("sha256")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with atomic_path(target) as tmp, open(gz, "rb") as raw, open(tmp, "wb") as out, tqdm(
-            total=identity["size"], unit="B", unit_scale=True, desc=f"decompressing {gz.name}",
-            disable=None if progress else True,
-        ) as bar:
-            inflater = zlib.decompressobj(wbits=31)  # wbits=31: gzip framing
-            while block := raw.read(_BLOCK):
-                digest.update(block)
-                bar.update(len(block))
-                while block:
-                    if inflater.eof:  # a multi-member gzip file: the next member starts
-                        inflater = zlib.decompressobj(wbits=31)
-                    out.write(inflater.decompress(block))
-                    block = inflater.unused_data if inflater.eof else b""
-            if not inflater.eof:
-                raise DataError(
-                    f"{gz}: truncated gzip file (it ends before the end-of-stream marker); "
-                    "download it again"
-                )
-    except zlib.error as error:
-        raise DataError(f"{gz}: not a valid gzip file ({error})") from None
-    except PermissionError as error:
-        raise DataError(
-            f"{folder}: cannot write the decompressed {target.name} there ({error.strerror}); "
-            "set data.cache_dir to a writable folder"
-        ) from None
-    sha = digest.hexdigest()
-    with atomic_path(sidecar) as tmp:
-        tmp.write_text(json.dumps({**identity, "sha256": sha}))
-    return target, sha
+    return gz.exists() and sidecar(plain).exists()
 
 
 def _open_h5(path: Path, **kwargs: Any) -> h5py.File:
@@ -191,37 +122,46 @@ def check_schema(split: str, x_path: Path, y_path: Path) -> tuple[int, bool]:
         SchemaError: naming the file, the key and what was found.
     """
     with _open_h5(x_path) as fx, _open_h5(y_path) as fy:
-        if "x" not in fx:
-            raise SchemaError(f"{x_path}: no key 'x' (keys: {sorted(fx.keys())})")
-        if "y" not in fy:
-            raise SchemaError(f"{y_path}: no key 'y' (keys: {sorted(fy.keys())})")
-        x, y = fx["x"], fy["y"]
-        if not isinstance(x, h5py.Dataset) or not isinstance(y, h5py.Dataset):
-            raise SchemaError(f"{x_path}: 'x' and {y_path}: 'y' must be datasets, not groups")
-        if x.ndim != 4 or x.shape[1:] != PATCH_SHAPE:
-            raise SchemaError(f"{x_path}: 'x' has shape {x.shape}, expected (N, 96, 96, 3)")
-        if x.dtype != np.uint8:
-            raise SchemaError(f"{x_path}: 'x' has dtype {x.dtype}, expected uint8")
-        if y.ndim not in (1, 4) or y.shape[1:] not in ((), (1, 1, 1)):
-            raise SchemaError(f"{y_path}: 'y' has shape {y.shape}, expected (N, 1, 1, 1) or (N,)")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise SchemaError(f"{y_path}: 'y' has dtype {y.dtype}, expected an integer type")
-        if x.shape[0] != y.shape[0]:
-            raise SchemaError(
-                f"{split}: {x_path.name} holds {x.shape[0]} patches but {y_path.name} "
-                f"holds {y.shape[0]} labels"
-            )
-        if x.shape[0] == 0:
-            raise SchemaError(f"{x_path}: split {split!r} is empty (0 patches)")
-        labels = _read_labels(y)
+        length = _check_layout(split, x_path, y_path, fx, fy)
+        labels = _read_labels(fy["y"])
         bad = np.flatnonzero((labels != 0) & (labels != 1))
         if len(bad):
             raise SchemaError(
                 f"{y_path}: 'y'[{bad[0]}] is {labels[bad[0]]}, expected 0 or 1 "
                 f"({len(bad)} bad labels)"
             )
-        synthetic = bool(fx.attrs.get(SYNTHETIC_ATTR, 0)) and bool(fy.attrs.get(SYNTHETIC_ATTR, 0))
-        return int(x.shape[0]), synthetic
+        return length, _marked(fx, fy)
+
+
+def _marked(fx: h5py.File, fy: h5py.File) -> bool:
+    return bool(fx.attrs.get(SYNTHETIC_ATTR, 0)) and bool(fy.attrs.get(SYNTHETIC_ATTR, 0))
+
+
+def _check_layout(split: str, x_path: Path, y_path: Path, fx: h5py.File, fy: h5py.File) -> int:
+    """Keys, shapes, dtypes and lengths (no data read); return the length."""
+    if "x" not in fx:
+        raise SchemaError(f"{x_path}: no key 'x' (keys: {sorted(fx.keys())})")
+    if "y" not in fy:
+        raise SchemaError(f"{y_path}: no key 'y' (keys: {sorted(fy.keys())})")
+    x, y = fx["x"], fy["y"]
+    if not isinstance(x, h5py.Dataset) or not isinstance(y, h5py.Dataset):
+        raise SchemaError(f"{x_path}: 'x' and {y_path}: 'y' must be datasets, not groups")
+    if x.ndim != 4 or x.shape[1:] != PATCH_SHAPE:
+        raise SchemaError(f"{x_path}: 'x' has shape {x.shape}, expected (N, 96, 96, 3)")
+    if x.dtype != np.uint8:
+        raise SchemaError(f"{x_path}: 'x' has dtype {x.dtype}, expected uint8")
+    if y.ndim not in (1, 4) or y.shape[1:] not in ((), (1, 1, 1)):
+        raise SchemaError(f"{y_path}: 'y' has shape {y.shape}, expected (N, 1, 1, 1) or (N,)")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise SchemaError(f"{y_path}: 'y' has dtype {y.dtype}, expected an integer type")
+    if x.shape[0] != y.shape[0]:
+        raise SchemaError(
+            f"{split}: {x_path.name} holds {x.shape[0]} patches but {y_path.name} "
+            f"holds {y.shape[0]} labels"
+        )
+    if x.shape[0] == 0:
+        raise SchemaError(f"{x_path}: split {split!r} is empty (0 patches)")
+    return int(x.shape[0])
 
 
 def _read_labels(y: h5py.Dataset) -> np.ndarray:
@@ -229,8 +169,12 @@ def _read_labels(y: h5py.Dataset) -> np.ndarray:
     return np.asarray(y[...]).reshape(-1).astype(np.int64)
 
 
-def _verify(split: str, files: dict[str, tuple[Path, str | None]], length: int) -> None:
-    """Check files named like real PCam against the published checksums."""
+def _verify(split: str, files: dict[str, tuple[Path, str | None]], length: int | None) -> None:
+    """Check files named like real PCam against the published sizes, checksums and counts.
+
+    A SHA-256 of None is not checked (it is known only once a ``.gz`` has been decompressed);
+    a length of None is not checked either.
+    """
     for key, (source, sha) in files.items():
         published = PUBLISHED_CHECKSUMS.get(source.name)
         if published is not None:
@@ -242,11 +186,63 @@ def _verify(split: str, files: dict[str, tuple[Path, str | None]], length: int) 
                     f"{published[0]}, SHA-256 {published[1]}; found {found}); download it "
                     "again, or set data.verify_checksums = false for a file of your own"
                 )
-        elif source.name == pcam_name(split, key) and length != PCAM_LENGTHS[split]:
+        elif (length is not None and source.name == pcam_name(split, key)
+              and length != PCAM_LENGTHS[split]):
             raise ChecksumError(
                 f"{source}: named like PCam's {split} split but holds {length} patches, not "
                 f"{PCAM_LENGTHS[split]}; set data.verify_checksums = false for a file of your own"
             )
+
+
+def check_split(source: str | Path, split: str, *, cache_dir: str | Path | None = None,
+                verify_checksums: bool = True, missing_ok: bool = False) -> None:
+    """The checks of :func:`open_split` that cost no more than opening the files.
+
+    Names, existence, gzip signatures, the published sizes of ``.h5.gz`` files, and of each
+    HDF5 file at hand (plain, or a ``.gz``'s decompressed copy): keys, shapes, dtypes, the
+    patch count against the published one. Nothing is decompressed or hashed, and no
+    patch or label is read, so this is quick on the 7 GB train split too.
+
+    Args:
+        missing_ok: a missing file is no error (it is to be downloaded).
+
+    Raises:
+        DataError, SchemaError, ChecksumError: as :func:`open_split` would.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    source = Path(source)
+    if not source.is_dir():
+        if missing_ok:
+            return
+        raise DataError(f"{source}: PCam source folder not found")
+    files: dict[str, tuple[Path, str | None]] = {}
+    h5: dict[str, Path] = {}
+    for key in ("x", "y"):
+        try:
+            found = _find(source, split, key)
+        except DataError:
+            if missing_ok:
+                continue
+            raise
+        files[key] = (found, None)
+        if found.suffix != ".gz":
+            h5[key] = found
+            continue
+        with open(found, "rb") as head:
+            if head.read(2) != b"\x1f\x8b":
+                raise DataError(f"{found}: not a gzip file")
+        copy = Path(cache_dir or source) / found.name[: -len(".gz")]
+        if decompressed(copy, gz_identity(found)) is not None:
+            h5[key] = copy
+    synthetic = all(is_synthetic(path) for path, _ in files.values()) and bool(files)
+    length = None
+    if len(h5) == 2:
+        with _open_h5(h5["x"]) as fx, _open_h5(h5["y"]) as fy:
+            length = _check_layout(split, h5["x"], h5["y"], fx, fy)
+            synthetic = _marked(fx, fy)
+    if verify_checksums and not synthetic:
+        _verify(split, files, length)
 
 
 def open_split(source: str | Path, split: str, *, cache_dir: str | Path | None = None,
@@ -321,6 +317,20 @@ class PcamReader:
             labels = np.asarray(self.y[pos:end]).reshape(-1).astype(np.uint8)
             yield pos, self.read(pos, end), labels
             pos = end
+
+    def fingerprint(self, samples: int = 64) -> str:
+        """A digest of the split's content that costs a few reads, not a pass over it.
+
+        It covers the length, every label and ``samples`` patches spread evenly over the
+        split (its first and last among them): another dataset, another seed of synthetic
+        PCam or another split differs in it.
+        """
+        n = len(self)
+        digest = hashlib.sha256(str(n).encode())
+        digest.update(self.labels().tobytes())
+        for i in np.unique(np.linspace(0, n - 1, min(n, samples)).astype(np.int64)).tolist():
+            digest.update(self.read(i, i + 1).tobytes())
+        return digest.hexdigest()[:16]
 
     def close(self) -> None:
         """Close the HDF5 files."""
