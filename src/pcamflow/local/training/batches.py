@@ -4,7 +4,7 @@
 in every process), cut into global batches, each split into one shard per process. Every image
 of the epoch's batches is trained on exactly once, by exactly one process, whatever the number
 of processes. :class:`CachedBatches` turns shards into uint8 batches read from a
-:class:`~pcamflow.local.training.cache.DecodedImages`: a background thread slices rows of the
+:class:`~pcamflow.local.model.cache.DecodedImages`: a background thread slices rows of the
 memory map (into pinned memory for a GPU) while the device works on the previous batch, or,
 when the whole cache fits in a GPU's memory, it is copied there once and batches are sliced
 on the device.
@@ -12,22 +12,17 @@ on the device.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from pcamflow.local.training.cache import DecodedImages
+from pcamflow.local.model.cache import DecodedImages, prefetch
 
-__all__ = ["Batch", "CachedBatches", "epoch_shards", "prefetch", "valid_shards"]
+__all__ = ["Batch", "CachedBatches", "epoch_shards", "valid_shards"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """uint8 images ``(N, H, W, C)``, int64 labels, int64 image indices (rows of the manifest)."""
-_T = TypeVar("_T")
 _DEVICE_SHARE = 0.3  # at most this share of a GPU's free memory holds a resident cache
 
 
@@ -54,45 +49,6 @@ def valid_shards(n: int, batch: int, *, world: int = 1, rank: int = 0) -> list[n
     """This process's validation batches: a contiguous ``1/world`` of the split, in order."""
     mine = np.array_split(np.arange(n), world)[rank]
     return [mine[s : s + batch] for s in range(0, len(mine), batch)]
-
-
-def prefetch(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
-    """Iterate ``items`` in a background thread, up to ``depth`` items ahead."""
-    slots: queue.Queue[tuple[str, object]] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put(("end", None))
-        except BaseException as error:  # handed to the consumer, raised there
-            slots.put(("error", error))
-
-    thread = threading.Thread(target=produce, name="pcamflow-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = slots.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                assert isinstance(value, BaseException)
-                raise value
-            yield value  # type: ignore[misc]
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                slots.get(timeout=0.1)
-        thread.join()
 
 
 class CachedBatches:

@@ -5,7 +5,7 @@ DataLoader workers decode each JPEG, resize it (``resize``) and crop it to ``ima
 (at random when augmenting, in the centre otherwise), and hand back whole uint8 batches
 ``(N, H, W, C)``. The rest of the augmentation runs on whole batches on the training device
 (:mod:`pcamflow.local.training.augment`). This is the path for data too large to decode once
-(:mod:`pcamflow.local.training.cache` is the other).
+(:mod:`pcamflow.local.model.cache` is the other).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pcamflow.errors import DataError, ImageError
-from pcamflow.local.model.preprocess import center_crop, pil_to_tensor
+from pcamflow.local.model.preprocess import center_crop, decode_image
 from pcamflow.local.training.augment import crop_images, crop_offsets
 from pcamflow.local.training.draws import image_keys, uniform_draws
 
@@ -39,21 +38,6 @@ def read_entries(path: str | Path) -> list[tuple[Path, int]]:
     if not out:
         raise DataError(f"{path}: the manifest has no images")
     return out
-
-
-def decode_image(path: Path, channels: int, resize: int | None = None) -> torch.Tensor:
-    """Decode one image file into a uint8 ``(C, H, W)`` tensor, resized as :func:`pil_to_tensor`.
-
-    Raises:
-        ImageError: the file is missing or cannot be decoded (the message names it).
-    """
-    try:
-        with Image.open(path) as image:
-            return pil_to_tensor(image, channels, resize)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image not found (named in the manifest)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{path}: not a readable image ({error})") from None
 
 
 class ManifestImages(Dataset):

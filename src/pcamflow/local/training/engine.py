@@ -163,7 +163,7 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
     if dist.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
+            forward_sync_buffers=False, gradient_as_bucket_view=True)
     augmenter = Augmenter(hp.augmentation_type, dihedral=ext.dihedral,
                           stain_jitter=ext.stain_jitter)
     inputs = Inputs((hp.channels, hp.height, hp.width), state["mean"], state["std"],

@@ -1,7 +1,7 @@
 """Where a run's batches come from: the decoded cache or the JPEG stream, chosen once.
 
 ``train.extensions.data_path`` picks: ``cache`` decodes each split once into a uint8 array
-(:mod:`pcamflow.local.training.cache`) and reads batches from it; ``stream`` decodes the JPEGs
+(:mod:`pcamflow.local.model.cache`) and reads batches from it; ``stream`` decodes the JPEGs
 every epoch in DataLoader workers (for data too large to decode once); ``auto`` caches when the
 decoded splits fit in half the free disk and in the available memory, or are cached already.
 Both paths give a model the same pixels and the same random crops, so they train alike.
@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
-from pcamflow.local.training.batches import CachedBatches
-from pcamflow.local.training.cache import (
+from pcamflow.local.model.cache import (
     DecodedImages,
     choose_data_path,
     decoded_size,
     find_cache,
     open_cache,
 )
+from pcamflow.local.training.batches import CachedBatches
 from pcamflow.local.training.dataset import ManifestImages, default_workers
 from pcamflow.local.training.distributed import Distribution, share
 from pcamflow.local.training.loop import Split, stream_split

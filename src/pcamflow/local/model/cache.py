@@ -1,9 +1,10 @@
 """The decoded cache: each split's JPEGs decoded once into one uint8 array on disk.
 
 A split is decoded (and resized, as ``resize`` asks) once into ``<name>-<key>.npy``, an
-``(N, H, W, C)`` uint8 array that training then reads as a memory map: a batch is a slice of
-rows, so an epoch costs no JPEG decoding and the page cache keeps the array in memory between
-epochs. PCam's train split is 7.2 GB decoded.
+``(N, H, W, C)`` uint8 array that training and prediction then read as a memory map: a batch
+is a slice of rows, so an epoch costs no JPEG decoding and the page cache keeps the array in
+memory between epochs. PCam's train split is 7.2 GB decoded. :func:`prefetch` reads batches in
+a background thread, ahead of the device.
 
 The key is a digest of the manifest's lines (image paths and labels) and the decoding settings
 (channels, ``resize``), so a changed manifest gets a new cache. On reuse a cache is verified:
@@ -23,19 +24,21 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import attrs
 import numpy as np
 
 from pcamflow._io import atomic_path, atomic_write
 from pcamflow.errors import ConfigError, ImageError
-from pcamflow.local.training.dataset import decode_image
+from pcamflow.local.model.preprocess import decode_image
 
 __all__ = [
     "DataPath",
@@ -45,6 +48,7 @@ __all__ = [
     "decoded_size",
     "find_cache",
     "open_cache",
+    "prefetch",
 ]
 
 log = logging.getLogger("pcamflow")
@@ -54,6 +58,7 @@ _CHUNK = 256
 _STAT_SAMPLE = 1024
 _PIXEL_SAMPLE = 4
 Entries = Sequence[tuple[Path, int]]
+_T = TypeVar("_T")
 
 
 class _SizeMismatch(Exception):
@@ -281,9 +286,9 @@ def open_cache(
                     f"{error}; a split's images must share one size (after resize) to be "
                     "cached: set train.extensions.data_path = 'stream' or set resize"
                 ) from None
-            log.info("train: %s; streaming the JPEGs instead of caching them", error)
+            log.info("cache: %s; streaming the JPEGs instead of caching them", error)
             return None
-        log.info("train: decoded %d %s images into %s (%.1f MB) in %.1f s", len(entries), name,
+        log.info("cache: decoded %d %s images into %s (%.1f MB) in %.1f s", len(entries), name,
                  data, data.stat().st_size / 1e6, seconds)
         images = np.load(data, mmap_mode="r")
     return DecodedImages(images=images, labels=labels, path=data, build_seconds=seconds)
@@ -294,3 +299,42 @@ def find_cache(entries: Entries, folder: Path, name: str, *, channels: int,
     """Whether a complete cache of the split is in ``folder`` (not verified)."""
     _, _, header = _files(Path(folder), name, cache_key(entries, channels, resize))
     return header.is_file()
+
+
+def prefetch(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead."""
+    slots: queue.Queue[tuple[str, object]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("end", None))
+        except BaseException as error:  # handed to the consumer, raised there
+            slots.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="pcamflow-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.1)
+        thread.join()
