@@ -81,7 +81,12 @@ def check_compatible(
 def _decoded(model: LoadedModel, paths: list[Path], labels: np.ndarray, name: str, *,
              data_path: DataPath, cache_dir: Path, workers: int | None,
              progress: bool) -> np.ndarray | None:
-    """The split's decoded cache (built if need be), or None to decode the files instead."""
+    """The split's decoded cache, or None to decode the files as they are predicted.
+
+    One pass over a split decodes each image once either way, and streaming overlaps the
+    decoding with the forward passes; so ``auto`` reads a cache only where one is there
+    already (the trainer's, with a shared ``cache_dir``), and ``cache`` builds one.
+    """
     from pcamflow.local.model.cache import choose_data_path, decoded_size, find_cache, open_cache
 
     channels = model.meta.image_shape[0]
@@ -90,9 +95,10 @@ def _decoded(model: LoadedModel, paths: list[Path], labels: np.ndarray, name: st
     if data_path == "stream":
         return None
     cached = find_cache(entries, cache_dir, name, channels=channels, resize=resize)
-    needed = 0 if cached else decoded_size(entries, channels, resize)
-    if choose_data_path(data_path, needed, cache_dir, cached=cached) == "stream":
+    if data_path == "auto" and not cached:
         return None
+    choose_data_path(data_path, 0 if cached else decoded_size(entries, channels, resize),
+                     cache_dir, cached=cached)  # refuses a cache the disk cannot hold
     opened = open_cache(entries, cache_dir, name, channels=channels, resize=resize,
                         workers=workers, progress=progress, required=data_path == "cache")
     return None if opened is None else opened.images
@@ -117,11 +123,10 @@ def evaluate_archive(
 ) -> Evaluation:
     """Predict ``split`` (and ``valid``, for the threshold), score it and write the report.
 
-    ``data_path`` and ``cache_dir`` work as ``train.extensions`` describes them: ``cache``
-    decodes each split once into ``cache_dir`` (or reuses the trainer's decoded cache of the
-    same manifest there) and predicts from it; ``stream`` decodes the files as it goes;
-    ``auto`` caches when the decoded split fits in half the free disk and in memory.
-    ``workers``: decoding threads (None: one per core).
+    ``data_path``: ``cache`` decodes each split once into ``cache_dir`` (or reuses the
+    decoded cache of the same manifest there, such as the trainer's) and predicts from it;
+    ``stream`` decodes the files as it goes, in ``workers`` threads (None: one per core)
+    a few batches ahead; ``auto`` reads a cache that is there already and streams otherwise.
     """
     model = load_model_archive(archive, device=device)
     paths, labels = read_split(manifests, split)
