@@ -20,7 +20,7 @@ from pcamflow.errors import ConfigError, ImageError
 from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.local.model.cache import choose_data_path, open_cache
 from pcamflow.local.training import augment
-from pcamflow.local.training.batches import epoch_shards, valid_shards
+from pcamflow.local.training.batches import CachedBatches, epoch_shards, valid_shards
 from pcamflow.local.training.dataset import read_entries
 from pcamflow.local.training.draws import image_keys, uniform_draws
 from pcamflow.local.training.trainer import train_model
@@ -125,6 +125,24 @@ def test_the_cache_is_decoded_once_and_reused(small_pcam: tuple[Manifests, dict]
     assert other is not None and other.path != first.path  # another manifest, another cache
     resized = open_cache(entries, tmp_path, "train", channels=3, resize=48, progress=False)
     assert resized is not None and resized.images.shape == (len(entries), 48, 48, 3)
+
+
+def test_batches_sliced_on_the_device_equal_those_read_ahead_on_the_host(
+    small_pcam: tuple[Manifests, dict], tmp_path: Path
+) -> None:
+    entries = _entries(small_pcam)
+    cache = open_cache(entries, tmp_path, "train", channels=3, resize=None, progress=False)
+    shards = [shard for shard, _ in epoch_shards(len(entries), 16, seed=0, epoch=1)]
+    cpu = torch.device("cpu")
+    resident = list(CachedBatches(cache, cpu, resident=True).batches(shards))
+    host = list(CachedBatches(cache, cpu, resident=False).batches(shards))
+    assert len(resident) == len(host) == len(shards)
+    for (a_img, a_lab, a_idx), (b_img, b_lab, b_idx), shard in zip(resident, host, shards,
+                                                                   strict=True):
+        assert torch.equal(a_img, b_img) and torch.equal(a_lab, b_lab)
+        assert a_idx.tolist() == b_idx.tolist() == shard.tolist()
+        assert torch.equal(a_img, torch.from_numpy(cache.images[shard]))
+        assert a_lab.tolist() == [entries[i][1] for i in shard]
 
 
 def test_a_changed_image_makes_the_cache_decode_again(small_pcam: tuple[Manifests, dict],

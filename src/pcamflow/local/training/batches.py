@@ -111,7 +111,6 @@ class CachedBatches:
 
 def _upload(images: np.ndarray, device: torch.device, chunk: int = 4096) -> torch.Tensor:
     out = torch.empty(images.shape, dtype=torch.uint8, device=device)
-    for start in range(0, len(images), chunk):
-        out[start : start + chunk].copy_(torch.from_numpy(np.ascontiguousarray(
-            images[start : start + chunk])))
+    for start in range(0, len(images), chunk):  # a copy: the memory map is read-only
+        out[start : start + chunk].copy_(torch.from_numpy(np.array(images[start : start + chunk])))
     return out
