@@ -190,7 +190,7 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
     for epoch in range(state["epoch"] + 1, hp.epochs):
         if state["done"]:
             break
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), time.process_time()
         lr = schedule.get_last_lr()[0]
 
         def diverged(batch: int, value: float, epoch: int = epoch, lr: float = lr) -> str:
@@ -203,7 +203,7 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
                            diverged_message=diverged, desc=f"epoch {epoch + 1}/{hp.epochs}",
                            progress=progress)
         schedule.step()
-        train_time = time.monotonic() - began
+        train_time, train_cpu = time.monotonic() - began, time.process_time() - cpu_began
         seen = max(sums.images, 1)
         metrics = {"train:accuracy": sums.correct / seen,
                    "train:cross_entropy": sums.loss_sum / seen}
@@ -223,6 +223,7 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
                 ckpt.save_weights(f"model-{epoch + 1:04d}.safetensors", model)
         state["history"].append({"epoch": epoch, "lr": lr, "time_s": round(elapsed, 3),
                                  "train_time_s": round(train_time, 3),
+                                 "train_cpu_s": round(train_cpu, 3),
                                  "train_images": sums.images, "processes": dist.world_size,
                                  **metrics})
         state["epoch"] = epoch

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import attrs
 import numpy as np
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from pcamflow.errors import DivergedError
@@ -172,13 +173,18 @@ def train_epoch(
     bad_loss = torch.tensor(math.nan, dtype=torch.float64, device=device)
     bar = tqdm(total=len(shards), desc=desc, unit="batch", leave=False, file=sys.stderr,
                disable=None if progress and dist.is_main else True)
-    batches = split.batches(epoch, [shard for shard, _ in shards])
-    for step, (batch, (_, size)) in enumerate(zip(batches, shards, strict=True)):
+    batches = iter(split.batches(epoch, [shard for shard, _ in shards]))
+    for step, (_, size) in enumerate(shards):
+        # named regions, so that torch.profiler shows where an epoch's time goes
+        with record_function("pcamflow.batch"):
+            batch = next(batches)
+        with record_function("pcamflow.inputs"):
+            x = inputs(batch, split, epoch=epoch, train=True)
         labels = batch[1]
-        # the global batch's mean loss: each process's sum over its share, averaged by DDP
-        logits, loss_sum = step_fn(inputs(batch, split, epoch=epoch, train=True), labels,
-                                   dist.world_size / size)
-        with torch.no_grad():  # device-side bookkeeping: no host synchronisation
+        with record_function("pcamflow.step"):
+            # the global batch's mean loss: each process's sum over its share, averaged by DDP
+            logits, loss_sum = step_fn(x, labels, dist.world_size / size)
+        with record_function("pcamflow.metrics"), torch.no_grad():  # kept on the device
             bad = ~torch.isfinite(loss_sum)
             first_bad = torch.where(bad & torch.isinf(first_bad), float(step), first_bad)
             bad_loss = torch.where(bad & (first_bad == step), loss_sum.double(), bad_loss)
@@ -208,7 +214,7 @@ def validate(model: torch.nn.Module, split: Split, inputs: Inputs, *, n: int, ba
     counts = torch.zeros(2, dtype=torch.float64, device=inputs.device)
     shards = valid_shards(n, batch, world=dist.world_size, rank=dist.rank)
     for images in split.batches(0, shards):
-        with autocast():  # type: ignore[attr-defined]
+        with record_function("pcamflow.validate"), autocast():  # type: ignore[attr-defined]
             logits = model(inputs(images, split, epoch=0, train=False))
         counts[0] += (logits.argmax(1) == images[1]).sum()
         counts[1] += images[1].shape[0]
