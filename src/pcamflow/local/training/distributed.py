@@ -38,6 +38,7 @@ __all__ = [
     "Distribution",
     "average_buffers",
     "check_kv_store",
+    "parallel",
     "process_group",
     "share",
     "sum_over_ranks",
@@ -173,6 +174,21 @@ def average_buffers(module: torch.nn.Module, dist: Distribution) -> None:
         if buffer.is_floating_point():
             torch_dist.all_reduce(buffer)
             buffer.div_(dist.world_size)
+
+
+def parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel, each process keeping its own batch-norm buffers
+    between the epochs' averages (:func:`average_buffers`)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # torch 2.13 names the option forward_sync_buffers; earlier releases broadcast_buffers
+    keep = ("forward_sync_buffers" if "forward_sync_buffers" in
+            inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers")
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True, **{keep: False})
 
 
 def torchrun_command(nproc_per_node: int, module_args: list[str]) -> list[str]:

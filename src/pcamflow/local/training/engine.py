@@ -29,6 +29,7 @@ from pcamflow.local.training.distributed import (
     Distribution,
     average_buffers,
     check_kv_store,
+    parallel,
     process_group,
     share,
 )
@@ -135,12 +136,15 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
     ckpt = CheckpointDir(out_dir / "checkpoints")
     fingerprint = _fingerprint(hp, ext, seed, train)
-    data = open_data(train, valid, hp, ext, cache_dir=cache_folder(ext, out_dir), seed=seed,
-                     device=device, dist=dist, progress=progress)
+    state = share(ckpt.read_state(fingerprint) if dist.is_main else None, dist)
+    finished = state is not None and (state["done"] or state["epoch"] + 1 >= hp.epochs)
+    data = None if finished else open_data(
+        train, valid, hp, ext, cache_dir=cache_folder(ext, out_dir), seed=seed, device=device,
+        dist=dist, progress=progress)
     torch.manual_seed(seed)
     model, optimizer, schedule = _start(hp, ext, device)
-    state = share(ckpt.read_state(fingerprint) if dist.is_main else None, dist)
     if state is None:
+        assert data is not None
         mean, std = (channel_stats(train, hp, seed, data.caches.get("train"))
                      if dist.is_main else (None, None))
         state = share({"fingerprint": fingerprint, "epoch": -1, "history": [], "best": None,
@@ -156,14 +160,12 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
                 group.setdefault("initial_lr", hp.learning_rate)
             schedule = build_schedule(hp, optimizer, last_epoch=state["epoch"])
         torch.set_rng_state(extra["rng"])
-        if state["epoch"] + 1 < hp.epochs and not state["done"]:
+        if not finished:
             say(f"Resuming from the checkpoint of epoch {state['epoch']} in {ckpt.folder}")
 
     net: torch.nn.Module = model
     if dist.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            forward_sync_buffers=False, gradient_as_bucket_view=True)
+        net = parallel(model, device)
     augmenter = Augmenter(hp.augmentation_type, dihedral=ext.dihedral,
                           stain_jitter=ext.stain_jitter)
     inputs = Inputs((hp.channels, hp.height, hp.width), state["mean"], state["std"],
@@ -188,7 +190,7 @@ def _train(train: Entries, valid: Entries, hp: Hyperparameters, ext: LocalExtens
 
     global_batch = dist.global_batch(hp)
     for epoch in range(state["epoch"] + 1, hp.epochs):
-        if state["done"]:
+        if state["done"] or data is None:
             break
         began, cpu_began = time.monotonic(), time.process_time()
         lr = schedule.get_last_lr()[0]
