@@ -33,6 +33,7 @@ __all__ = [
     "LocalTrainer",
     "TrainOutcome",
     "check_local",
+    "read_spec",
     "train_distributed",
     "train_model",
     "tuned",
@@ -121,8 +122,10 @@ def train_model(
         hyperparameters: the algorithm's hyperparameters; ``num_training_samples`` is filled
             from the train manifest when None.
         extensions: the local extensions (dihedral, stain jitter, seed, weights file, ...).
-        out_dir: where ``model.tar.gz`` and ``checkpoints/`` go. A run whose checkpoint is
-            there (same hyperparameters and data) resumes after its last finished epoch.
+        out_dir: where ``model.tar.gz`` and ``checkpoints/`` go, and the decoded cache
+            (``cache/``) unless ``extensions.cache_dir`` names another folder. A run whose
+            checkpoint is there (same hyperparameters and data) resumes after its last
+            finished epoch.
         seed: the random seed, unless ``extensions.seed`` is set.
         epoch_callback: called after each epoch's validation with ``(epoch, metrics)``; what
             it raises (e.g. ``optuna.TrialPruned``) stops training and propagates. Under
