@@ -142,8 +142,15 @@ def test_local_extensions_are_separate_and_validated() -> None:
     ext = LocalExtensions(dihedral=True, stain_jitter=0.05)
     assert ext.non_default() == {"dihedral": True, "stain_jitter": 0.05}
     assert LocalExtensions(num_workers=2, device="cpu").non_default() == {}
+    # how data is read and how many processes train change nothing SageMaker would learn
+    assert LocalExtensions(data_path="stream", cache_dir="/shared/cache",
+                           nproc_per_node=8).non_default() == {}
     with pytest.raises(HyperparameterError, match="stain_jitter"):
         LocalExtensions(stain_jitter=2.0)
+    with pytest.raises(HyperparameterError, match="data_path: 'memory' is not one of"):
+        LocalExtensions(data_path="memory")
+    with pytest.raises(HyperparameterError, match="nproc_per_node: 0 is outside"):
+        LocalExtensions(nproc_per_node=0)
     with pytest.raises(HyperparameterError, match="device"):
         LocalExtensions(device="tpu")
     assert "dihedral" not in Hyperparameters(num_training_samples=1).to_sagemaker()

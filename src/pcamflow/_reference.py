@@ -25,7 +25,8 @@ HYPERPARAMETER_HELP = {
     "image_shape": "`channels,height,width` of the network input.",
     "num_layers": "ResNet depth; 20, 32, 44, 56 and 110 are the small-image networks.",
     "epochs": "Training epochs.",
-    "mini_batch_size": "Images per training batch.",
+    "mini_batch_size": "Images per training batch on each machine, split over its devices "
+    "(the global batch is this times the machines).",
     "learning_rate": "Initial learning rate.",
     "lr_scheduler_step": "Epochs at which the learning rate is multiplied by "
     '`lr_scheduler_factor`, e.g. `"10,20"`.',
@@ -51,7 +52,8 @@ HYPERPARAMETER_HELP = {
     "(offline: `extensions.weights_file`).",
     "use_weighted_loss": "1: weight the loss by inverse class frequency.",
     "multi_label": "1: multi-label classification.",
-    "kv_store": "Distributed training's key-value store.",
+    "kv_store": "Distributed training's weight updates: `dist_sync` (locally: "
+    "DistributedDataParallel); `dist_async` is refused locally across machines.",
 }
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "NUM_LAYERS",
     "OPTIMIZERS",
     "AugmentationType",
+    "DataPath",
     "Device",
     "Hyperparameters",
     "KvStore",
@@ -52,11 +53,13 @@ AugmentationType = Literal["crop", "crop_color", "crop_color_transform"]
 PrecisionDtype = Literal["float32", "float16"]
 KvStore = Literal["dist_sync", "dist_async"]
 Device = Literal["auto", "cpu", "cuda"]
+DataPath = Literal["auto", "cache", "stream"]
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 AUGMENTATION_TYPES: tuple[str, ...] = typing.get_args(AugmentationType)
 PRECISION_DTYPES: tuple[str, ...] = typing.get_args(PrecisionDtype)
 KV_STORES: tuple[str, ...] = typing.get_args(KvStore)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
+DATA_PATHS: tuple[str, ...] = typing.get_args(DataPath)
 
 
 def _image_shape(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -287,16 +290,26 @@ def _parse(name: str, text: str, default: Any) -> Any:
 class LocalExtensions:
     """What the local backend adds for PCam beyond the algorithm's hyperparameters.
 
-    The SageMaker backend cannot honour these and rejects a run that sets them (see
-    :meth:`non_default`).
+    The SageMaker backend cannot honour those that change what is learned and rejects a run
+    that sets them (see :meth:`non_default`); the others only say how the local trainer reads
+    data and where it runs, so they never stop a SageMaker run.
 
     Attributes:
         dihedral: augment with the 8 rot90/flip views (tissue has no orientation).
         stain_jitter: standard deviation of the HED stain jitter (0 turns it off).
         seed: the random seed of training (None: the pipeline's seed).
         weights_file: local weights to start from when ``use_pretrained_model=1``.
-        num_workers: DataLoader worker processes (None: one per core, at most 4).
+        num_workers: DataLoader worker processes when streaming, decoding threads when caching
+            (None: streaming, one per core, at most 4; caching, one per core).
         device: where to train (``auto``: CUDA when present).
+        data_path: ``cache``: decode each split once into a uint8 array on disk and read
+            batches from it; ``stream``: decode the JPEGs every epoch (data too large to
+            decode once); ``auto``: cache when the decoded splits take at most half the free
+            disk and fit in the available memory.
+        cache_dir: where decoded caches go (None: ``cache/`` in the stage folder); a folder
+            shared by the tuner, the trainer and the evaluator decodes each split once.
+        nproc_per_node: training processes on this machine (more than 1: DistributedDataParallel
+            under torchrun, one GPU each on a GPU machine).
     """
 
     dihedral: bool = attrs.field(default=False, validator=BOOLEAN)
@@ -309,6 +322,9 @@ class LocalExtensions:
         default=None, validator=optional([INTEGER, ge(0), le(64)])
     )
     device: Device = attrs.field(default="auto", validator=in_(DEVICES))
+    data_path: DataPath = attrs.field(default="auto", validator=in_(DATA_PATHS))
+    cache_dir: str | None = attrs.field(default=None, validator=optional(STRING))
+    nproc_per_node: int = attrs.field(default=1, validator=[INTEGER, ge(1), le(1024)])
 
     def non_default(self) -> dict[str, Any]:
         """The extensions set to other than their default (those that change training)."""

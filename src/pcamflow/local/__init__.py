@@ -2,10 +2,12 @@
 
 Needs the ``local`` extra: ``pip install 'pcamflow[local]'``. One package per concern:
 
-- :mod:`~pcamflow.local.model`: the algorithm's ResNets, the shared image preprocessing and
-  the ``model.tar.gz`` archive: what training makes and the other concerns load.
+- :mod:`~pcamflow.local.model`: the algorithm's ResNets, the shared image preprocessing, the
+  decoded-image cache and the ``model.tar.gz`` archive: what training makes and the other
+  concerns load.
 - :mod:`~pcamflow.local.training`: augmentation, the data path, the training loop,
-  checkpoints and the Trainer stage.
+  checkpoints, distributed training and the Trainer stage; :mod:`~pcamflow.local.train` is
+  its command line (``python -m pcamflow.local.train``, also under ``torchrun``).
 - :mod:`~pcamflow.local.tuning`: SageMaker's tuning strategies on Optuna and the Tuner stage.
 - :mod:`~pcamflow.local.evaluation`: prediction over image files and the Evaluator stage.
 - :mod:`~pcamflow.local.serving`: request payloads, micro-batching, the HTTP endpoint and the

@@ -172,3 +172,55 @@ def test_validate_names_a_missing_split(tmp_path, tiny, archive):
 def test_validate_refuses_a_model_in_s3(tmp_path, tiny):
     with pytest.raises(ConfigError, match="not a local file"):
         evaluate(tmp_path, tiny, "s3://bucket/model.tar.gz")
+
+
+def test_predictions_from_the_decoded_cache_match_the_files(tmp_path, tiny, archive):
+    from pcamflow.local.evaluation.evaluate import read_split
+    from pcamflow.local.evaluation.predict import predict_files
+    from pcamflow.local.model.cache import open_cache
+
+    model = load_model_archive(archive)
+    paths, labels = read_split(tiny, "test")
+    cache = open_cache(list(zip(paths, labels.tolist(), strict=True)), tmp_path, "test",
+                       channels=3, resize=32, progress=False)
+    from_files = predict_files(model, paths, batch_size=3, tta=True, progress=False)
+    from_cache = predict_files(model, paths, batch_size=5, tta=True, progress=False,
+                               images=cache.images)
+    # the archive's own preprocessing (PIL, then the model) is the reference
+    images = [Image.open(p).convert("RGB") for p in paths]
+    expected = model.predict_images(images)[:, 1]
+    expected_tta = model.predict_images(images, tta=True)[:, 1]
+    for scores, tta_scores in (from_files, from_cache):
+        assert np.allclose(scores, expected, atol=1e-5)
+        assert np.allclose(tta_scores, expected_tta, atol=1e-5)
+
+
+def test_the_evaluator_reads_a_cache_the_trainer_left_in_a_shared_folder(tmp_path, tiny,
+                                                                         archive):
+    from pcamflow.local.evaluation.evaluate import _decoded, read_split
+    from pcamflow.local.model.cache import open_cache
+
+    shared = tmp_path / "cache"
+    paths, labels = read_split(tiny, "valid")
+    open_cache(list(zip(paths, labels.tolist(), strict=True)), shared, "valid", channels=3,
+               resize=32, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in shared.iterdir()}
+    settings = Settings.from_dict({
+        "pipeline": {"run_dir": str(tmp_path)},
+        "evaluate": {"bootstrap": 0, "batch_size": 16},
+        "train": {"extensions": {"cache_dir": str(shared)}},
+    })
+    context = Context(settings=settings, run_dir=tmp_path, stage_dir=tmp_path / "evaluate",
+                      artifacts={"manifests": tiny, "train": ModelArtifact(uri=str(archive))},
+                      stage_name="evaluate")
+    streamed = evaluate(tmp_path / "streamed", tiny, archive, bootstrap=0)
+    cached = LocalEvaluator(progress=False).run(context)
+    assert cached.metrics == pytest.approx(streamed.metrics)
+    # auto: the valid split's cache is read as it is, the test split streamed (one pass)
+    assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == before
+    assert not list(shared.glob("test-*"))
+    reading = {"data_path": "auto", "cache_dir": shared, "workers": 1, "progress": False}
+    model = load_model_archive(archive)
+    valid = _decoded(model, paths, labels, "valid", **reading)
+    assert isinstance(valid, np.memmap) and Path(valid.filename).parent == shared
+    assert _decoded(model, *read_split(tiny, "test"), "test", **reading) is None

@@ -14,6 +14,7 @@ from pcamflow.errors import DataError, ModelError
 from pcamflow.evaluation import evaluate_scores, flatten_metrics, format_metrics_table, write_report
 from pcamflow.local.evaluation.predict import predict_files
 from pcamflow.local.model.archive import LoadedModel, load_model_archive
+from pcamflow.local.model.cache import DataPath
 
 __all__ = ["check_compatible", "evaluate_archive", "read_split"]
 
@@ -77,6 +78,32 @@ def check_compatible(
     return meta.classes.index("1")
 
 
+def _decoded(model: LoadedModel, paths: list[Path], labels: np.ndarray, name: str, *,
+             data_path: DataPath, cache_dir: Path, workers: int | None,
+             progress: bool) -> np.ndarray | None:
+    """The split's decoded cache, or None to decode the files as they are predicted.
+
+    One pass over a split decodes each image once either way, and streaming overlaps the
+    decoding with the forward passes; so ``auto`` reads a cache only where one is there
+    already (the trainer's, with a shared ``cache_dir``), and ``cache`` builds one.
+    """
+    from pcamflow.local.model.cache import choose_data_path, decoded_size, find_cache, open_cache
+
+    channels = model.meta.image_shape[0]
+    entries = list(zip(paths, labels.tolist(), strict=True))
+    resize = model.meta.resize
+    if data_path == "stream":
+        return None
+    cached = find_cache(entries, cache_dir, name, channels=channels, resize=resize)
+    if data_path == "auto" and not cached:
+        return None
+    choose_data_path(data_path, 0 if cached else decoded_size(entries, channels, resize),
+                     cache_dir, cached=cached)  # refuses a cache the disk cannot hold
+    opened = open_cache(entries, cache_dir, name, channels=channels, resize=resize,
+                        workers=workers, progress=progress, required=data_path == "cache")
+    return None if opened is None else opened.images
+
+
 def evaluate_archive(
     archive: str | Path,
     manifests: Manifests,
@@ -90,22 +117,36 @@ def evaluate_archive(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    data_path: DataPath = "stream",
+    cache_dir: Path | None = None,
+    workers: int | None = None,
 ) -> Evaluation:
-    """Predict ``split`` (and ``valid``, for the threshold), score it and write the report."""
+    """Predict ``split`` (and ``valid``, for the threshold), score it and write the report.
+
+    ``data_path``: ``cache`` decodes each split once into ``cache_dir`` (or reuses the
+    decoded cache of the same manifest there, such as the trainer's) and predicts from it;
+    ``stream`` decodes the files as it goes, in ``workers`` threads (None: one per core)
+    a few batches ahead; ``auto`` reads a cache that is there already and streams otherwise.
+    """
     model = load_model_archive(archive, device=device)
     paths, labels = read_split(manifests, split)
     manifest = manifests.manifests[split]
     positive = check_compatible(model, archive, labels, paths[0], manifest)
     options: dict[str, Any] = {"positive": positive, "batch_size": batch_size, "tta": tta,
-                               "progress": progress}
-    scores, tta_scores = predict_files(model, paths, desc=f"evaluate {split}", **options)
+                               "progress": progress, "workers": workers}
+    reading = {"data_path": data_path, "cache_dir": cache_dir or Path(out_dir) / "cache",
+               "workers": workers, "progress": progress}
+    scores, tta_scores = predict_files(model, paths, desc=f"evaluate {split}",
+                                       images=_decoded(model, paths, labels, split, **reading),
+                                       **options)
     valid_labels = valid_scores = tta_valid = None
     if split != "valid" and "valid" in manifests.manifests:
         valid_paths, valid_labels = read_split(manifests, "valid")
         check_compatible(model, archive, valid_labels, valid_paths[0],
                          manifests.manifests["valid"])
+        cached = _decoded(model, valid_paths, valid_labels, "valid", **reading)
         valid_scores, tta_valid = predict_files(model, valid_paths, desc="evaluate valid",
-                                                **options)
+                                                images=cached, **options)
     else:
         log.warning("evaluate: no validation split to choose a threshold on; 0.5 only")
     document = evaluate_scores(

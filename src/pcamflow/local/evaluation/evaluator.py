@@ -5,7 +5,9 @@ confusion matrix, at 0.5 and at a threshold chosen on the validation split, with
 intervals for accuracy and ROC AUC, and (``[evaluate] tta = true``) the same for the mean over
 the 8 dihedral views beside the plain prediction. ``metrics.json``, the plots and an offline
 ``report.html`` land in the stage folder; the :class:`~pcamflow.artifacts.Evaluation` carries
-the metrics. PyTorch is imported only when the stage runs.
+the metrics. Images are read as ``[train.extensions]`` says (``data_path``, ``cache_dir``,
+``num_workers``): decoded once into a cache, or decoded as they are predicted. PyTorch is
+imported only when the stage runs.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class LocalEvaluator(Evaluator):
         from pcamflow.local.evaluation.evaluate import evaluate_archive
 
         settings = context.settings.evaluate
+        reading = context.settings.train.extensions  # the data path settings are shared
         model = context.input(ModelArtifact)
         uri = urlparse(model.uri)
         archive = Path(uri.path) if uri.scheme == "file" else Path(model.uri)
@@ -74,5 +77,7 @@ class LocalEvaluator(Evaluator):
             split=settings.split, tta=settings.tta, bootstrap=settings.bootstrap,
             batch_size=settings.batch_size, top_errors=settings.top_errors,
             seed=context.settings.pipeline.seed, device=self._device(context),
-            progress=self.progress,
+            progress=self.progress, data_path=reading.data_path,
+            cache_dir=Path(reading.cache_dir) if reading.cache_dir else None,
+            workers=reading.num_workers,
         )

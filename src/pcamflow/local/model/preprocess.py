@@ -8,11 +8,15 @@ test-time augmentation averages over.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["center_crop", "dihedral_views", "pil_to_tensor"]
+from pcamflow.errors import ImageError
+
+__all__ = ["center_crop", "decode_image", "dihedral_views", "pil_to_tensor"]
 
 
 def center_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -48,3 +52,18 @@ def pil_to_tensor(image: Image.Image, channels: int, resize: int | None) -> torc
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def decode_image(path: Path, channels: int, resize: int | None = None) -> torch.Tensor:
+    """Decode one image file into a uint8 ``(C, H, W)`` tensor, resized as :func:`pil_to_tensor`.
+
+    Raises:
+        ImageError: the file is missing or cannot be decoded (the message names it).
+    """
+    try:
+        with Image.open(path) as image:
+            return pil_to_tensor(image, channels, resize)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image not found (named in the manifest)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{path}: not a readable image ({error})") from None

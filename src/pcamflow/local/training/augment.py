@@ -1,17 +1,21 @@
 """Image transforms in torch: the algorithm's augmentations and PCam's local extensions.
 
-Everything works on whole batches of float images in ``[0, 1]``, shaped ``(N, C, H, W)``, on
-whatever device they are on, so augmentation costs little next to the forward pass.
+Everything works on whole batches, on whatever device they are on, without a host
+synchronisation (no data-dependent shapes, no ``.item()``), so augmentation costs little next
+to the forward pass and never stalls a GPU.
 
-- ``crop``: random crop (done per image when decoding, see :func:`random_crop`) and a random
-  horizontal flip (:func:`random_hflip`).
+- ``crop``: random crop (:func:`crop_images`) and a random horizontal flip (:func:`hflip`).
 - ``crop_color``: also random hue, saturation and lightness shifts drawn from [-36, 36],
   [-50, 50] and [-50, 50], in the units of 8-bit HLS images (hue 0..180, the others 0..255),
-  as MXNet's image iterator takes them (:func:`random_hsl`).
+  as MXNet's image iterator takes them (:func:`shift_hsl`).
 - ``crop_color_transform``: also a random affine transform, rotation up to 10 degrees, shear up
-  to 0.1 and aspect-ratio change up to 0.25 (:func:`random_affine`).
-- Local extensions: a random one of the 8 dihedral views (:func:`random_dihedral`) and HED
-  stain jitter (:func:`random_hed`).
+  to 0.1 and aspect-ratio change up to 0.25 (:func:`warp_affine`).
+- Local extensions: a random one of the 8 dihedral views (:func:`dihedral`) and HED
+  stain jitter (:func:`hed_jitter`).
+
+Each transform takes its random parameters as tensors. :class:`Augmenter` draws them per image
+from :mod:`pcamflow.local.training.draws` (so an image's augmentation depends only on the seed,
+the epoch and the image); the ``random_*`` functions draw them from a ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -23,12 +27,19 @@ import torch.nn.functional as F
 
 __all__ = [
     "Augmenter",
+    "crop_images",
+    "crop_offsets",
+    "dihedral",
+    "hed_jitter",
+    "hflip",
     "random_affine",
     "random_crop",
     "random_dihedral",
     "random_hed",
     "random_hflip",
     "random_hsl",
+    "shift_hsl",
+    "warp_affine",
 ]
 
 HUE_RANGE = 36.0
@@ -38,73 +49,87 @@ MAX_ROTATE_DEG = 10.0
 MAX_SHEAR = 0.1
 MAX_ASPECT = 0.25
 
+# the columns of an image's draws (see pcamflow.local.training.draws.uniform_draws)
+_TOP, _LEFT, _FLIP, _HUE, _SAT, _LIGHT, _ANGLE, _SHEAR, _ASPECT, _VIEW = range(10)
+_HED_ALPHA, _HED_BETA = slice(10, 13), slice(13, 16)
 
-# --- random geometry -------------------------------------------------------------------------
+
+# --- crops -----------------------------------------------------------------------------------
+
+
+def _padding(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """Reflection padding before a random crop: an image no larger than the window is padded
+    by an eighth of the window (at least 2 pixels), so ``crop`` still shifts it."""
+    if h > height and w > width:
+        return 0, 0
+    pad = max(2, min(height, width) // 8)
+    return max(0, height - h) + pad, max(0, width - w) + pad
+
+
+def crop_offsets(
+    h: int, w: int, height: int, width: int, u_top: torch.Tensor, u_left: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window positions (in the padded image) from uniform draws in ``[0, 1)``."""
+    pad_h, pad_w = _padding(h, w, height, width)
+    span_h, span_w = h + 2 * pad_h - height + 1, w + 2 * pad_w - width + 1
+    top = (u_top * span_h).long().clamp_(0, span_h - 1)
+    left = (u_left * span_w).long().clamp_(0, span_w - 1)
+    return top, left
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of reflection padding (``F.pad(mode="reflect")``), repeated as far as needed."""
+    period = 2 * (size - 1)
+    if period == 0:
+        return torch.zeros_like(index)
+    index = index.abs() % period
+    return torch.where(index >= size, period - index, index)
+
+
+def crop_images(
+    images: torch.Tensor, height: int, width: int, top: torch.Tensor, left: torch.Tensor
+) -> torch.Tensor:
+    """``height x width`` windows of ``(N, H, W, C)`` images at per-image positions.
+
+    Positions are in the image padded by reflection as :func:`crop_offsets` pads it; the
+    window is gathered in one indexing operation, without building the padded images.
+    """
+    n, h, w = images.shape[:3]
+    pad_h, pad_w = _padding(h, w, height, width)
+    rows = _reflect(top[:, None] + torch.arange(height, device=top.device) - pad_h, h)
+    cols = _reflect(left[:, None] + torch.arange(width, device=left.device) - pad_w, w)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return images[batch, rows.to(images.device)[:, :, None], cols.to(images.device)[:, None, :]]
 
 
 def random_crop(
     image: torch.Tensor, height: int, width: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A random ``height x width`` window of one ``(C, H, W)`` image.
-
-    An image no larger than the window is first padded by reflection (an eighth of the
-    window, at least 2 pixels), so that ``crop`` still shifts images of exactly the input size.
-    """
-    h, w = image.shape[-2:]
-    if h <= height or w <= width:
-        pad = max(2, min(height, width) // 8)
-        pad_h = max(0, height - h) + pad
-        pad_w = max(0, width - w) + pad
-        image = F.pad(image.unsqueeze(0).float(), (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-        image = image.squeeze(0).to(torch.uint8) if image.dtype != torch.uint8 else image
-        h, w = image.shape[-2:]
-    top = int(torch.randint(0, h - height + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - width + 1, (1,), generator=generator))
-    return image[..., top : top + height, left : left + width]
+    """A random ``height x width`` window of one ``(C, H, W)`` image (reflect-padded first if
+    it is no larger than the window, see :func:`crop_offsets`)."""
+    u = torch.rand(2, generator=generator)
+    top, left = crop_offsets(image.shape[-2], image.shape[-1], height, width, u[:1], u[1:])
+    return crop_images(image.permute(1, 2, 0)[None], height, width, top, left)[0].permute(2, 0, 1)
 
 
+# --- transforms with explicit parameters -----------------------------------------------------
 
 
-# --- random augmentation on batches --------------------------------------------------------
+def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images of ``(N, C, H, W)`` where ``mask`` is true."""
+    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-def _uniform(n: int, low: float, high: float, like: torch.Tensor,
-             generator: torch.Generator | None) -> torch.Tensor:
-    draw = torch.rand(n, generator=generator, device="cpu")
-    return (low + (high - low) * draw).to(device=like.device, dtype=like.dtype)
-
-
-def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image left-right with probability 1/2."""
-    mask = torch.rand(images.shape[0], generator=generator) < 0.5
-    if not mask.any():
-        return images
-    out = images.clone()
-    index = mask.nonzero().flatten().to(images.device)
-    out[index] = images[index].flip(-1)
-    return out
-
-
-def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Put each image in one of its 8 dihedral views, drawn uniformly."""
-    choice = torch.randint(0, 8, (images.shape[0],), generator=generator)
-    square = images.shape[-1] == images.shape[-2]
-    out = images.clone()
-    for view in range(8):
-        index = (choice == view).nonzero().flatten()
-        if index.numel() == 0 or view == 0:
-            continue
-        index = index.to(images.device)
-        part = images[index]
-        if view >= 4:
-            part = part.flip(-1)
-        turns = view % 4
-        if square:
-            part = torch.rot90(part, turns, dims=(-2, -1))
-        elif turns % 2:
-            part = part.flip(-2)  # a half turn is all a non-square image allows
-        out[index] = part
-    return out
+def dihedral(images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Put each image in dihedral view ``views[i]`` (0..7): a left-right flip for views 4..7,
+    then ``views % 4`` quarter turns (a non-square image gets an up-down flip for odd turns)."""
+    views = views.view(-1, 1, 1, 1)
+    out = torch.where(views >= 4, images.flip(-1), images)
+    turns = views % 4
+    if images.shape[-1] != images.shape[-2]:
+        return torch.where(turns % 2 == 1, out.flip(-2), out)
+    out = torch.where(turns >= 2, out.flip(-2, -1), out)  # two quarter turns
+    return torch.where(turns % 2 == 1, torch.rot90(out, 1, dims=(-2, -1)), out)
 
 
 def _rgb_to_hls(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,33 +170,32 @@ def _hls_to_rgb(hue: torch.Tensor, light: torch.Tensor, sat: torch.Tensor) -> to
     return torch.stack((r + m, g + m, b + m), 1).clamp_(0, 1)
 
 
-def random_hsl(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Add random hue, saturation and lightness shifts (the ``crop_color`` ranges)."""
+def shift_hsl(images: torch.Tensor, hue: torch.Tensor, saturation: torch.Tensor,
+              lightness: torch.Tensor) -> torch.Tensor:
+    """Shift each RGB image's hue, saturation and lightness by per-image amounts, in 8-bit HLS
+    units (hue 0..180, the others 0..255)."""
     if images.shape[1] != 3:
         return images
-    n = images.shape[0]
-    hue, light, sat = _rgb_to_hls(images)
-    shape = (n, 1, 1)
-    dh = _uniform(n, -HUE_RANGE, HUE_RANGE, images, generator).view(shape) / 180.0
-    ds = _uniform(n, -SATURATION_RANGE, SATURATION_RANGE, images, generator).view(shape) / 255.0
-    dl = _uniform(n, -LIGHTNESS_RANGE, LIGHTNESS_RANGE, images, generator).view(shape) / 255.0
-    return _hls_to_rgb((hue + dh) % 1.0, (light + dl).clamp(0, 1), (sat + ds).clamp(0, 1))
+    h, light, sat = _rgb_to_hls(images)
+    shape = (-1, 1, 1)
+    h = (h + hue.to(images).view(shape) / 180.0) % 1.0
+    light = (light + lightness.to(images).view(shape) / 255.0).clamp(0, 1)
+    sat = (sat + saturation.to(images).view(shape) / 255.0).clamp(0, 1)
+    return _hls_to_rgb(h, light, sat)
 
 
-def random_affine(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random rotation (<= 10 deg), shear (<= 0.1) and aspect change (<= 0.25), reflecting edges."""
-    n = images.shape[0]
-    angle = _uniform(n, -MAX_ROTATE_DEG, MAX_ROTATE_DEG, images, generator) * (math.pi / 180)
-    shear = _uniform(n, -MAX_SHEAR, MAX_SHEAR, images, generator)
-    aspect = 1 + _uniform(n, -MAX_ASPECT, MAX_ASPECT, images, generator)
+def warp_affine(images: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor,
+                aspect: torch.Tensor) -> torch.Tensor:
+    """Rotate (radians), shear and change the aspect ratio (a factor) of each image,
+    reflecting at the edges."""
+    angle, shear, aspect = (t.to(images) for t in (angle, shear, aspect))
     sx, sy = aspect.sqrt(), 1 / aspect.sqrt()
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
     # rotation @ shear @ scale, as the inverse map grid_sample wants (small angles: symmetric)
-    theta[:, 0, 0] = cos * sx
-    theta[:, 0, 1] = (-sin + cos * shear) * sy
-    theta[:, 1, 0] = sin * sx
-    theta[:, 1, 1] = (cos + sin * shear) * sy
+    theta = torch.stack([
+        torch.stack([cos * sx, (-sin + cos * shear) * sy, torch.zeros_like(cos)], 1),
+        torch.stack([sin * sx, (cos + sin * shear) * sy, torch.zeros_like(cos)], 1),
+    ], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                          align_corners=False)
@@ -185,32 +209,75 @@ _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _LOG_ADJUST = math.log(1e-6)
 
 
+def hed_jitter(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Scale each image's three stains by ``alpha`` and shift them by ``beta`` (``(N, 3)``)."""
+    if images.shape[1] != 3:
+        return images
+    to_hed = _HED_FROM_RGB.to(images.device, images.dtype)
+    to_rgb = _RGB_FROM_HED.to(images.device, images.dtype)
+    rgb = images.clamp_min(1e-6).permute(0, 2, 3, 1)
+    stains = ((rgb.log() / _LOG_ADJUST) @ to_hed).clamp_min(0)
+    stains = stains * alpha.to(images).view(-1, 1, 1, 3) + beta.to(images).view(-1, 1, 1, 3)
+    out = torch.exp((stains * _LOG_ADJUST) @ to_rgb).clamp_(0, 1)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# --- the same, with parameters drawn from a generator ----------------------------------------
+
+
+def _between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * u
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2."""
+    return hflip(images, (torch.rand(images.shape[0], generator=generator) < 0.5).to(
+        images.device))
+
+
+def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Put each image in one of its 8 dihedral views, drawn uniformly."""
+    views = torch.randint(0, 8, (images.shape[0],), generator=generator)
+    return dihedral(images, views.to(images.device))
+
+
+def random_hsl(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Add random hue, saturation and lightness shifts (the ``crop_color`` ranges)."""
+    u = torch.rand(3, images.shape[0], generator=generator)
+    return shift_hsl(images, _between(u[0], -HUE_RANGE, HUE_RANGE),
+                     _between(u[1], -SATURATION_RANGE, SATURATION_RANGE),
+                     _between(u[2], -LIGHTNESS_RANGE, LIGHTNESS_RANGE))
+
+
+def _affine_parameters(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    angle = _between(u[0], -MAX_ROTATE_DEG, MAX_ROTATE_DEG) * (math.pi / 180)
+    return angle, _between(u[1], -MAX_SHEAR, MAX_SHEAR), 1 + _between(u[2], -MAX_ASPECT,
+                                                                       MAX_ASPECT)
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random rotation (<= 10 deg), shear (<= 0.1) and aspect change (<= 0.25), reflecting edges."""
+    u = torch.rand(3, images.shape[0], generator=generator)
+    return warp_affine(images, *_affine_parameters(u))
+
+
 def random_hed(
     images: torch.Tensor, sigma: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """HED stain jitter: each stain scaled by U(1-sigma, 1+sigma), shifted by U(-sigma, sigma)."""
     if sigma <= 0 or images.shape[1] != 3:
         return images
-    n = images.shape[0]
-    to_hed = _HED_FROM_RGB.to(images.device, images.dtype)
-    to_rgb = _RGB_FROM_HED.to(images.device, images.dtype)
-    rgb = images.clamp_min(1e-6).permute(0, 2, 3, 1)
-    stains = ((rgb.log() / _LOG_ADJUST) @ to_hed).clamp_min(0)
-    alpha = torch.rand(n, 1, 1, 3, generator=generator).to(images) * 2 * sigma + (1 - sigma)
-    beta = (torch.rand(n, 1, 1, 3, generator=generator).to(images) * 2 - 1) * sigma
-    stains = stains * alpha + beta
-    out = torch.exp((stains * _LOG_ADJUST) @ to_rgb).clamp_(0, 1)
-    return out.permute(0, 3, 1, 2).contiguous()
+    u = torch.rand(2, images.shape[0], 3, generator=generator)
+    return hed_jitter(images, _between(u[0], 1 - sigma, 1 + sigma), _between(u[1], -sigma, sigma))
 
 
 class Augmenter:
-    """The batch augmentation of one training run.
+    """The augmentation of one training run, its randomness drawn per image.
 
     Args:
         augmentation_type: None, ``crop``, ``crop_color`` or ``crop_color_transform``.
         dihedral: also put each image in a random one of its 8 dihedral views.
         stain_jitter: sigma of the HED stain jitter (0: off).
-        generator: the random generator (CPU), for reproducible runs.
     """
 
     def __init__(
@@ -219,29 +286,44 @@ class Augmenter:
         *,
         dihedral: bool = False,
         stain_jitter: float = 0.0,
-        generator: torch.Generator | None = None,
     ) -> None:
         self.augmentation_type = augmentation_type
         self.dihedral = dihedral
         self.stain_jitter = stain_jitter
-        self.generator = generator
 
     @property
     def crops(self) -> bool:
-        """Whether images are cropped at random positions when decoded."""
+        """Whether images are cropped at random positions."""
         return self.augmentation_type is not None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Augment a float batch ``(N, C, H, W)`` in ``[0, 1]``."""
-        kind, gen = self.augmentation_type, self.generator
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`__call__` changes images at all."""
+        return self.crops or self.dihedral or self.stain_jitter > 0
+
+    def crop(self, images: torch.Tensor, height: int, width: int,
+             draws: torch.Tensor) -> torch.Tensor:
+        """Random ``height x width`` windows of uint8 ``(N, H, W, C)`` images."""
+        top, left = crop_offsets(images.shape[1], images.shape[2], height, width,
+                                 draws[:, _TOP], draws[:, _LEFT])
+        return crop_images(images, height, width, top, left)
+
+    def __call__(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Augment a float batch ``(N, C, H, W)`` in ``[0, 1]``; ``draws`` are its images'
+        uniform draws, ``(N, STREAMS)`` (:func:`pcamflow.local.training.draws.uniform_draws`)."""
+        kind = self.augmentation_type
         if kind is not None:
-            images = random_hflip(images, gen)
+            images = hflip(images, draws[:, _FLIP] < 0.5)
         if kind in ("crop_color", "crop_color_transform"):
-            images = random_hsl(images, gen)
+            images = shift_hsl(images, _between(draws[:, _HUE], -HUE_RANGE, HUE_RANGE),
+                               _between(draws[:, _SAT], -SATURATION_RANGE, SATURATION_RANGE),
+                               _between(draws[:, _LIGHT], -LIGHTNESS_RANGE, LIGHTNESS_RANGE))
         if kind == "crop_color_transform":
-            images = random_affine(images, gen)
+            images = warp_affine(images, *_affine_parameters(draws[:, _ANGLE:_ASPECT + 1].T))
         if self.dihedral:
-            images = random_dihedral(images, gen)
+            images = dihedral(images, (draws[:, _VIEW] * 8).long().clamp_(0, 7))
         if self.stain_jitter > 0:
-            images = random_hed(images, self.stain_jitter, gen)
+            sigma = self.stain_jitter
+            images = hed_jitter(images, _between(draws[:, _HED_ALPHA], 1 - sigma, 1 + sigma),
+                                _between(draws[:, _HED_BETA], -sigma, sigma))
         return images

@@ -108,6 +108,8 @@ def tune(
         "manifests": manifests.manifests, "seed": seed,
         "warm_start_from": tune_settings.warm_start_from,
     })
+    if extensions.cache_dir is None:  # every trial reads (and the first decodes) one cache
+        extensions = attrs.evolve(extensions, cache_dir=str(stage_dir / "cache"))
     target = _target(tune_settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _storage.study_lock(stage_dir):
