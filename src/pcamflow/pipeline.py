@@ -39,8 +39,11 @@ from pcamflow._io import (
 from pcamflow._structure import converter
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
+    ConfigError,
     MissingInputError,
+    PcamflowError,
     PipelineDefinitionError,
+    PlacementError,
     StageNameNotUniqueError,
 )
 from pcamflow.plan import Plan
@@ -138,6 +141,8 @@ class Pipeline:
     Raises:
         StageNameNotUniqueError: two stages share a name.
         MissingInputError: a stage needs an artifact type that no earlier stage produces.
+        PlacementError: a stage reads an input from a place where the stage that makes it
+            does not put it (:attr:`~pcamflow.stages.Stage.reads_from`, ``writes_to``).
         PipelineDefinitionError: an item is not a stage.
     """
 
@@ -165,6 +170,11 @@ class Pipeline:
                     )
             produced.append(stage.produces)
         self.steps: tuple[tuple[str, Stage], ...] = tuple(steps)
+        mismatches = _misplaced(self.steps)
+        if mismatches:
+            raise PlacementError(
+                "\n".join(_placement_line(*m) for m in mismatches), mismatches
+            )
 
     @classmethod
     def from_settings(cls, settings: Any, registry: Any) -> Pipeline:
@@ -173,7 +183,15 @@ class Pipeline:
         for kind, name in settings.pipeline.stage_names().items():
             stage_cls = registry.get(kind, name)
             steps.append((stage_cls.default_name, stage_cls()))
-        return cls(steps)
+        try:
+            return cls(steps)
+        except PlacementError as error:
+            # the settings name the stages: say which setting to change, and to what
+            lines = [_placement_line(*m, registry=registry) for m in error.mismatches]
+            raise PlacementError(
+                "the pipeline's stages keep their artifacts in different places:\n  "
+                + "\n  ".join(lines), error.mismatches
+            ) from None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -243,13 +261,16 @@ class Pipeline:
 
         The contexts are those of a fresh run (no artifacts of earlier stages), marked
         ``offline``, so that no check reaches the network. This is what ``pcamflow validate``
-        does.
+        does. Every stage is checked, so that one call reports every problem.
 
         Raises:
-            Whatever a stage's ``validate`` raises.
+            PcamflowError: what the one stage that failed raised; or, when several problems
+                were found, a :class:`~pcamflow.errors.ConfigError` listing each once, with
+                the stages that found it.
         """
         run_dir = Path(settings.run_dir)
         upstream: dict[str, str] = {}
+        found: dict[str, tuple[PcamflowError, list[str]]] = {}
         for name, stage in self.steps:
             context = Context(
                 settings=settings,
@@ -261,8 +282,17 @@ class Pipeline:
                 offline=True,
             )
             log.debug("validating %s", name)
-            stage.validate(context)
+            try:
+                stage.validate(context)
+            except PcamflowError as error:
+                found.setdefault(str(error), (error, []))[1].append(name)
             upstream[name] = stage.fingerprint(context)
+        if len(found) == 1:
+            raise next(iter(found.values()))[0]
+        if found:
+            lines = [f"{message} (stage{'s' if len(names) > 1 else ''} {', '.join(names)})"
+                     for message, (_, names) in found.items()]
+            raise ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines))
 
     def run(
         self,
@@ -452,6 +482,48 @@ class Pipeline:
         log.info("[%s] completed in %.1f s", name, records[name].duration_s or 0.0)
         return artifact
 
+
+
+_PLACES = {"local": "on this machine", "s3": "in S3"}
+
+
+def _misplaced(steps: Sequence[tuple[str, Stage]]) -> list[tuple[Any, ...]]:
+    """Each input a stage reads from where its maker does not put it."""
+    found = []
+    for index, (name, stage) in enumerate(steps):
+        if stage.reads_from is None:
+            continue
+        for need in (*stage.requires, *stage.accepts):
+            # the latest earlier stage that makes one is the one Context.input returns
+            makers = [(n, s) for n, s in steps[:index] if issubclass(s.produces, need)]
+            if not makers:
+                continue
+            maker_name, maker = makers[-1]
+            if maker.writes_to is not None and maker.writes_to not in stage.reads_from:
+                found.append((name, stage, maker_name, maker, need))
+    return found
+
+
+def _placement_line(
+    name: str, stage: Stage, maker_name: str, maker: Stage, need: type[Artifact],
+    registry: Any = None,
+) -> str:
+    wants = " or ".join(_PLACES.get(p, p) for p in sorted(stage.reads_from or ()))
+    line = (
+        f"stage {name!r} ({type(stage).__name__}) needs its {need.__name__} {wants}, but "
+        f"stage {maker_name!r} ({type(maker).__name__}) makes it "
+        f"{_PLACES.get(str(maker.writes_to), maker.writes_to)}"
+    )
+    if registry is None:
+        return line
+    # the registered stages of each kind that would agree with the other side
+    makers = [r.name for r in registry if r.kind == maker.kind
+              and r.cls.writes_to in (stage.reads_from or ())]
+    readers = [r.name for r in registry if r.kind == stage.kind
+               and (r.cls.reads_from is None or maker.writes_to in r.cls.reads_from)]
+    fixes = [f"pipeline.{maker.kind} = {n!r}" for n in makers]
+    fixes += [f"pipeline.{stage.kind} = {n!r}" for n in readers]
+    return line + (f": set {' or '.join(fixes)}" if fixes else "")
 
 
 def _tell(observers: Sequence[RunObserver], event: str, *args: Any) -> None:
