@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import pytest
 
 from _plugin import example_plugin
@@ -71,7 +73,7 @@ class PlaceAsString(Trainer):
 
 
 class PlaceAsSet(Trainer):
-    writes_to = {"s3"}
+    writes_to: ClassVar = {"s3"}
 
     def run(self, context): ...
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 __all__ = ["BEGIN", "END", "command_table", "update"]
 
-BEGIN = "<!-- begin: command table, written by `python -m pcamflow.commands.reference README.md` -->"
+BEGIN = ("<!-- begin: command table, written by "
+         "`python -m pcamflow.commands.reference README.md` -->")
 END = "<!-- end: command table -->"
 
 
