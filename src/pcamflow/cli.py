@@ -109,6 +109,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pcamflow.registry import Registry
 
     settings = _settings(args.config)
+    if settings.tracking.enabled:  # a run would stop on it before its first stage
+        from pcamflow._extras import require
+
+        require("mlflow", "tracking.mlflow_uri")
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     pipeline.validate(settings)  # every stage's own checks, none that needs the network
     print(f"{args.config}: valid; stages: {', '.join(pipeline.names)}")

@@ -129,7 +129,8 @@ class MissingExtraError(PcamflowError, ImportError):
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
             f"{module} needs the '{extra}' extra, which is not installed: "
-            f"pip install 'pcamflow[{extra}]'"
+            f"pip install 'pcamflow[{extra}]' (in a clone of pcamflow: pip install -e "
+            f"'.[{extra}]')"
         )
         self.extra = extra
         self.module = module
