@@ -60,9 +60,9 @@ def test_validate_finds_the_region_without_a_request(tmp_path, monkeypatch) -> N
             settings=settings, run_dir=tmp_path / "run", stage_dir=tmp_path / "run" / "train",
             services=services or {}, stage_name="train", offline=True))
 
-    with pytest.raises(ConfigError, match="aws.region: not set, and the AWS configuration"):
+    with pytest.raises(ConfigError, match=r"aws\.region: not set, and the AWS configuration"):
         validate({})
-    with pytest.raises(ConfigError, match="aws.profile: 'absent' is not in the AWS config"):
+    with pytest.raises(ConfigError, match=r"aws\.profile: 'absent' is not in the AWS config"):
         validate({"profile": "absent"})
     validate({"profile": "pathology"})  # the profile's region
     validate({"region": "eu-west-1"})
