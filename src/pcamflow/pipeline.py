@@ -36,6 +36,7 @@ from pcamflow._io import (
     utc_now,
     write_run_record,
 )
+from pcamflow._placement import misplaced, placement_line
 from pcamflow._structure import converter
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
@@ -170,10 +171,10 @@ class Pipeline:
                     )
             produced.append(stage.produces)
         self.steps: tuple[tuple[str, Stage], ...] = tuple(steps)
-        mismatches = _misplaced(self.steps)
+        mismatches = misplaced(self.steps)
         if mismatches:
             raise PlacementError(
-                "\n".join(_placement_line(*m) for m in mismatches), mismatches
+                "\n".join(placement_line(*m) for m in mismatches), mismatches
             )
 
     @classmethod
@@ -187,7 +188,7 @@ class Pipeline:
             return cls(steps)
         except PlacementError as error:
             # the settings name the stages: say which setting to change, and to what
-            lines = [_placement_line(*m, registry=registry) for m in error.mismatches]
+            lines = [placement_line(*m, registry=registry) for m in error.mismatches]
             raise PlacementError(
                 "the pipeline's stages keep their artifacts in different places:\n  "
                 + "\n  ".join(lines), error.mismatches
@@ -482,48 +483,6 @@ class Pipeline:
         log.info("[%s] completed in %.1f s", name, records[name].duration_s or 0.0)
         return artifact
 
-
-
-_PLACES = {"local": "on this machine", "s3": "in S3"}
-
-
-def _misplaced(steps: Sequence[tuple[str, Stage]]) -> list[tuple[Any, ...]]:
-    """Each input a stage reads from where its maker does not put it."""
-    found = []
-    for index, (name, stage) in enumerate(steps):
-        if stage.reads_from is None:
-            continue
-        for need in (*stage.requires, *stage.accepts):
-            # the latest earlier stage that makes one is the one Context.input returns
-            makers = [(n, s) for n, s in steps[:index] if issubclass(s.produces, need)]
-            if not makers:
-                continue
-            maker_name, maker = makers[-1]
-            if maker.writes_to is not None and maker.writes_to not in stage.reads_from:
-                found.append((name, stage, maker_name, maker, need))
-    return found
-
-
-def _placement_line(
-    name: str, stage: Stage, maker_name: str, maker: Stage, need: type[Artifact],
-    registry: Any = None,
-) -> str:
-    wants = " or ".join(_PLACES.get(p, p) for p in sorted(stage.reads_from or ()))
-    line = (
-        f"stage {name!r} ({type(stage).__name__}) needs its {need.__name__} {wants}, but "
-        f"stage {maker_name!r} ({type(maker).__name__}) makes it "
-        f"{_PLACES.get(str(maker.writes_to), maker.writes_to)}"
-    )
-    if registry is None:
-        return line
-    # the registered stages of each kind that would agree with the other side
-    makers = [r.name for r in registry if r.kind == maker.kind
-              and r.cls.writes_to in (stage.reads_from or ())]
-    readers = [r.name for r in registry if r.kind == stage.kind
-               and (r.cls.reads_from is None or maker.writes_to in r.cls.reads_from)]
-    fixes = [f"pipeline.{maker.kind} = {n!r}" for n in makers]
-    fixes += [f"pipeline.{stage.kind} = {n!r}" for n in readers]
-    return line + (f": set {' or '.join(fixes)}" if fixes else "")
 
 
 def _tell(observers: Sequence[RunObserver], event: str, *args: Any) -> None:
