@@ -387,6 +387,17 @@ def info(url: str) -> dict:
     return json.loads(conn.getresponse().read())
 
 
+def phase_batches(before: dict, after: dict) -> str:
+    """The forward passes of one phase: the server's counters after it, less those before."""
+    count = after["count"] - before["count"]
+    images = after["images"] - before["images"]
+    mean = images / count if count else 0.0
+    return (f"this phase: forward passes {count}, mean batch {mean:.1f} "
+            f"(largest so far {after['largest']}), abandoned "
+            f"{after['abandoned'] - before['abandoned']}, dropped "
+            f"{after['dropped'] - before['dropped']} images")
+
+
 def report(label: str, load: Load, wall: float) -> None:
     print(f"{label}: {len(load.latencies)} requests, {len(load.errors)} errors "
           f"({load.retried} sent again), {wall:.1f} s")
@@ -437,12 +448,11 @@ def main(argv: list[str] | None = None) -> int:
             one = Load(url, jpeg, args.sequential, 1)
             wall_one = one.run()
             report("concurrency 1", one, wall_one)
+            before = info(url)["batches"]  # the warm-up's and the sequential run's passes
             clean = Load(url, jpeg, args.requests, args.concurrency)
             wall_clean = clean.run()
             report(f"clean, concurrency {args.concurrency}", clean, wall_clean)
-            batches = info(url)["batches"]
-            print(f"  forward passes {batches['count']}, mean batch {batches['mean']}, "
-                  f"largest {batches['largest']}")
+            print("  " + phase_batches(before, info(url)["batches"]))
             rss_clean = peak_rss_mb(process.pid)
             print(f"  server peak memory {rss_clean:.0f} MB")
         finally:
@@ -465,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         process, url = start_server(archive, folder / "hostile", options)
         try:
             Load(url, jpeg, 200, args.concurrency).run()
+            before = info(url)["batches"]
             hostile = Load(url, jpeg, args.requests, args.concurrency)
             with AttackProcess(url, bodies, npy_clients=2, bomb_clients=2, slow_clients=4,
                                flood=300) as attack:
@@ -472,9 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             report(f"\nhostile mix, concurrency {args.concurrency}", hostile, wall_hostile)
             print("  attackers' answers: " + ", ".join(
                 f"{kind} x{count}" for kind, count in sorted(attack.answers.items())))
-            batches = info(url)["batches"]
-            print(f"  forward passes {batches['count']}, mean batch {batches['mean']}, "
-                  f"abandoned {batches['abandoned']}, dropped {batches['dropped']} images")
+            print("  " + phase_batches(before, info(url)["batches"]))
             rss_hostile = peak_rss_mb(process.pid)
             print(f"  server peak memory {rss_hostile:.0f} MB")
         finally:

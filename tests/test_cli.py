@@ -144,7 +144,8 @@ def test_predict_without_boto3_names_the_extra_to_install(tmp_path):
     assert "ModuleNotFoundError" not in done.stderr
     assert done.stderr.strip() == (
         "pcamflow: error: pcamflow.sagemaker needs the 'sagemaker' extra, which is not "
-        "installed: pip install 'pcamflow[sagemaker]'"
+        "installed: pip install 'pcamflow[sagemaker]' (in a clone of pcamflow: "
+        "pip install -e '.[sagemaker]')"
     )
 
 

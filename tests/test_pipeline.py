@@ -12,7 +12,13 @@ import pytest
 from _stages import FileConverter, FileManifests, FlakyTrainer, calls, pipeline
 from pcamflow import Pipeline, Settings
 from pcamflow.artifacts import ModelArtifact
-from pcamflow.errors import MissingInputError, PipelineDefinitionError, StageNameNotUniqueError
+from pcamflow.errors import (
+    ConfigError,
+    MissingInputError,
+    PipelineDefinitionError,
+    PlacementError,
+    StageNameNotUniqueError,
+)
 from pcamflow.pipeline import RunObserver, read_run_record
 
 
@@ -169,6 +175,100 @@ def test_the_pipeline_is_checked_when_built():
         Pipeline([("manifests", FileManifests())])
     with pytest.raises(PipelineDefinitionError, match="str is not a pcamflow Stage"):
         Pipeline([("convert", "FileConverter")])
+
+
+class LocalFiles(FileConverter):
+    writes_to = "local"
+
+
+class InTheCloud(FileManifests):
+    """Reads its images from and writes its manifests to an object store, as S3 stages do."""
+
+    writes_to = "s3"
+    reads_from = frozenset({"s3"})
+
+
+class ReadsLocal(FlakyTrainer):
+    reads_from = frozenset({"local"})
+
+
+def test_a_stage_whose_input_is_made_where_it_cannot_read_it_is_refused_when_built():
+    with pytest.raises(PlacementError) as caught:
+        Pipeline([("convert", LocalFiles()), ("manifests", InTheCloud()),
+                  ("train", ReadsLocal())])
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "stage 'manifests' (InTheCloud) needs its ImageDataset in S3, but stage 'convert' "
+        "(LocalFiles) makes it on this machine",
+        "stage 'train' (ReadsLocal) needs its Manifests on this machine, but stage "
+        "'manifests' (InTheCloud) makes it in S3",
+    ]
+    assert [(m[0], m[2]) for m in caught.value.mismatches] == [
+        ("manifests", "convert"), ("train", "manifests")]
+    # a stage that says nothing of places is not checked, and agreeing places pass
+    Pipeline([("convert", FileConverter()), ("manifests", InTheCloud()), ("train", ReadsLocal())
+              ][:2])
+    Pipeline([("convert", LocalFiles()), ("manifests", FileManifests()), ("train", ReadsLocal())])
+
+
+def test_from_settings_names_the_settings_that_fix_a_placement(settings):
+    from pcamflow.registry import Registry
+
+    class CloudFiles(FileConverter):
+        writes_to = "s3"
+
+    class LocalManifests(FileManifests):
+        writes_to = "local"  # and reads from anywhere
+
+    registry = Registry()
+    for name, cls in [("files", LocalFiles), ("cloud-files", CloudFiles), ("cloud", InTheCloud),
+                      ("local-manifests", LocalManifests), ("reads-local", ReadsLocal)]:
+        registry.register(name, cls)
+    mixed = attrs.evolve(settings, pipeline=attrs.evolve(
+        settings.pipeline, converter="files", manifest_builder="cloud", trainer="reads-local",
+        evaluator="none"))
+    with pytest.raises(PlacementError) as caught:
+        Pipeline.from_settings(mixed, registry)
+    assert str(caught.value).splitlines() == [
+        "the pipeline's stages keep their artifacts in different places:",
+        "  stage 'manifests' (InTheCloud) needs its ImageDataset in S3, but stage 'convert' "
+        "(LocalFiles) makes it on this machine: set pipeline.converter = 'cloud-files' or "
+        "pipeline.manifest_builder = 'local-manifests'",
+        "  stage 'train' (ReadsLocal) needs its Manifests on this machine, but stage "
+        "'manifests' (InTheCloud) makes it in S3: set pipeline.manifest_builder = "
+        "'local-manifests'",
+    ]
+
+
+def test_validate_reports_every_stage_problem_once(settings):
+    class NoRegion(FlakyTrainer):
+        def validate(self, context):
+            raise ConfigError("aws.region: not set")
+
+    class NoRegionEither(FileManifests):
+        def validate(self, context):
+            raise ConfigError("aws.region: not set")
+
+    class NoTta(FlakyTrainer):
+        def validate(self, context):
+            raise ConfigError("evaluate.tta: local-only")
+
+    with pytest.raises(ConfigError) as caught:
+        Pipeline([("convert", FileConverter()), ("manifests", NoRegionEither()),
+                  ("train", NoRegion()), ("again", NoTta())]).validate(settings)
+    assert str(caught.value).splitlines() == [
+        "2 problems:",
+        "  aws.region: not set (stages manifests, train)",
+        "  evaluate.tta: local-only (stage again)",
+    ]
+    # one problem is raised as the stage raised it
+    with pytest.raises(MissingInputError, match="only one"):
+        class Lonely(FlakyTrainer):
+            def validate(self, context):
+                raise MissingInputError("only one")
+
+        Pipeline([("convert", FileConverter()), ("manifests", FileManifests()),
+                  ("train", Lonely())]).validate(settings)
 
 
 def test_validate_runs_for_every_stage_before_any_work(settings):

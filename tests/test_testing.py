@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import pytest
 
 from _plugin import example_plugin
@@ -64,6 +66,18 @@ class ServicesWithoutSettings(Trainer):
     def provide_services(self, services): ...
 
 
+class PlaceAsString(Trainer):
+    reads_from = "s3"  # a string, where a set of places is meant
+
+    def run(self, context): ...
+
+
+class PlaceAsSet(Trainer):
+    writes_to: ClassVar = {"s3"}
+
+    def run(self, context): ...
+
+
 class PlansADict(FileConverter):
     def plan(self, context):
         return {"requests": []}
@@ -87,6 +101,8 @@ class LiesAboutOutput(FileConverter):
         (PlanWithoutContext, "plan() must take exactly one argument, the context"),
         (ServicesWithoutSettings,
          "provide_services() must take exactly 2 arguments, the settings and the services"),
+        (PlaceAsString, "reads_from must be a frozenset of place names or None, got 's3'"),
+        (PlaceAsSet, "writes_to must be a place name"),
     ],
 )
 def test_a_broken_stage_is_named_with_the_rule_it_breaks(cls, rule):

@@ -180,20 +180,24 @@ workers = 1
 """
 
 
-def _run_without_mlflow(settings: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _WITHOUT, "run", str(settings)],
+def _run_without_mlflow(
+    settings: Path, command: str = "run"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _WITHOUT, command, str(settings)],
                           capture_output=True, text=True, timeout=300)
 
 
-def test_asking_for_tracking_without_the_extra_names_it(tmp_path, pcam_dir) -> None:
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_asking_for_tracking_without_the_extra_names_it(tmp_path, pcam_dir, command) -> None:
     settings = tmp_path / "settings.toml"
     settings.write_text(_CORE_RUN.format(run=tmp_path / "run", source=pcam_dir)
                         + '[tracking]\nmlflow_uri = "file:/tmp/mlruns"\n')
-    done = _run_without_mlflow(settings)
+    done = _run_without_mlflow(settings, command)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "pcamflow: error: tracking.mlflow_uri needs the 'mlflow' extra, which is not "
-        "installed: pip install 'pcamflow[mlflow]'"
+        "installed: pip install 'pcamflow[mlflow]' (in a clone of pcamflow: "
+        "pip install -e '.[mlflow]')"
     )
     assert not (tmp_path / "run" / "run.json").exists()  # nothing ran
 

@@ -41,7 +41,8 @@ HYPERPARAMETER_HELP = {
     "augmentation_type": "Augmentation: random crops, plus colour, plus affine transforms "
     "(unset: none).",
     "resize": "Resize the shorter side to this many pixels before cropping.",
-    "top_k": "Report top-k accuracy during training.",
+    "top_k": "Report top-k accuracy during training: 2 at least (top-1 is the accuracy "
+    "itself), `num_classes` at most.",
     "early_stopping": "Stop when validation accuracy stops improving.",
     "early_stopping_min_epochs": "Epochs before early stopping may stop.",
     "early_stopping_patience": "Epochs without improvement before stopping.",

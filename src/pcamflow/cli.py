@@ -109,6 +109,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pcamflow.registry import Registry
 
     settings = _settings(args.config)
+    if settings.tracking.enabled:  # a run would stop on it before its first stage
+        from pcamflow._extras import require
+
+        require("mlflow", "tracking.mlflow_uri")
     pipeline = Pipeline.from_settings(settings, Registry.from_entry_points())
     pipeline.validate(settings)  # every stage's own checks, none that needs the network
     print(f"{args.config}: valid; stages: {', '.join(pipeline.names)}")
@@ -144,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="run the pipeline a settings file describes")
+    p = sub.add_parser("run", help="run the pipeline a settings file describes; the run "
+                       "report is <run_dir>/report.html")
     p.add_argument("config", help="settings file (TOML)")
     p.add_argument("--force", action="store_true", help="run every stage, complete or not")
     p.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
@@ -173,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SageMaker local mode: the SageMaker stages run on this machine")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("validate", help="check a settings file without running anything")
+    p = sub.add_parser("validate", help="check a settings file and run every stage's own "
+                       "checks, without running anything or using the network")
     p.add_argument("config", help="settings file (TOML)")
     p.set_defaults(func=cmd_validate)
 

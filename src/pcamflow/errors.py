@@ -10,7 +10,8 @@ pcamflow::
     │   └── TuningRangeError                   a tuning range is invalid
     ├── PipelineDefinitionError (ValueError)  the stage list cannot form a pipeline
     │   ├── StageNameNotUniqueError            two stages share a name
-    │   └── MissingInputError                  a stage needs an artifact no earlier stage makes
+    │   ├── MissingInputError                  a stage needs an artifact no earlier stage makes
+    │   └── PlacementError                     a stage's input is made where it cannot read it
     ├── RegistryError (LookupError)           a stage name cannot be resolved
     │   ├── DuplicateStageError                two plugins register the same name
     │   └── PluginLoadError                    a plugin's entry point fails to load
@@ -52,6 +53,7 @@ __all__ = [
     "ModelError",
     "PcamflowError",
     "PipelineDefinitionError",
+    "PlacementError",
     "PluginLoadError",
     "RegistryError",
     "SchemaError",
@@ -95,6 +97,19 @@ class MissingInputError(PipelineDefinitionError):
     """A stage needs an artifact that no earlier stage produces."""
 
 
+class PlacementError(PipelineDefinitionError):
+    """A stage reads an input from a place (this machine, S3) where the stage that makes it
+    does not put it: a local manifest builder feeding a SageMaker trainer, say.
+
+    Attributes:
+        mismatches: ``(reader name, reader, maker name, maker, artifact type)`` for each.
+    """
+
+    def __init__(self, message: str, mismatches: list[tuple] | None = None) -> None:
+        super().__init__(message)
+        self.mismatches = list(mismatches or [])
+
+
 class RegistryError(PcamflowError, LookupError):
     """A stage name cannot be resolved in the registry."""
 
@@ -114,7 +129,8 @@ class MissingExtraError(PcamflowError, ImportError):
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
             f"{module} needs the '{extra}' extra, which is not installed: "
-            f"pip install 'pcamflow[{extra}]'"
+            f"pip install 'pcamflow[{extra}]' (in a clone of pcamflow: pip install -e "
+            f"'.[{extra}]')"
         )
         self.extra = extra
         self.module = module

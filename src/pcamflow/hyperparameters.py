@@ -300,7 +300,8 @@ class LocalExtensions:
         seed: the random seed of training (None: the pipeline's seed).
         weights_file: local weights to start from when ``use_pretrained_model=1``.
         num_workers: DataLoader worker processes when streaming, decoding threads when caching
-            (None: streaming, one per core, at most 4; caching, one per core).
+            (None: streaming, one per core less the one the training loop needs, at most 4,
+            and none on a single core; caching, one per core).
         device: where to train (``auto``: CUDA when present).
         data_path: ``cache``: decode each split once into a uint8 array on disk and read
             batches from it; ``stream``: decode the JPEGs every epoch (data too large to

@@ -36,11 +36,15 @@ from pcamflow._io import (
     utc_now,
     write_run_record,
 )
+from pcamflow._placement import misplaced, placement_line
 from pcamflow._structure import converter
 from pcamflow.artifacts import Artifact
 from pcamflow.errors import (
+    ConfigError,
     MissingInputError,
+    PcamflowError,
     PipelineDefinitionError,
+    PlacementError,
     StageNameNotUniqueError,
 )
 from pcamflow.plan import Plan
@@ -138,6 +142,8 @@ class Pipeline:
     Raises:
         StageNameNotUniqueError: two stages share a name.
         MissingInputError: a stage needs an artifact type that no earlier stage produces.
+        PlacementError: a stage reads an input from a place where the stage that makes it
+            does not put it (:attr:`~pcamflow.stages.Stage.reads_from`, ``writes_to``).
         PipelineDefinitionError: an item is not a stage.
     """
 
@@ -165,6 +171,11 @@ class Pipeline:
                     )
             produced.append(stage.produces)
         self.steps: tuple[tuple[str, Stage], ...] = tuple(steps)
+        mismatches = misplaced(self.steps)
+        if mismatches:
+            raise PlacementError(
+                "\n".join(placement_line(*m) for m in mismatches), mismatches
+            )
 
     @classmethod
     def from_settings(cls, settings: Any, registry: Any) -> Pipeline:
@@ -173,7 +184,15 @@ class Pipeline:
         for kind, name in settings.pipeline.stage_names().items():
             stage_cls = registry.get(kind, name)
             steps.append((stage_cls.default_name, stage_cls()))
-        return cls(steps)
+        try:
+            return cls(steps)
+        except PlacementError as error:
+            # the settings name the stages: say which setting to change, and to what
+            lines = [placement_line(*m, registry=registry) for m in error.mismatches]
+            raise PlacementError(
+                "the pipeline's stages keep their artifacts in different places:\n  "
+                + "\n  ".join(lines), error.mismatches
+            ) from None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -243,13 +262,16 @@ class Pipeline:
 
         The contexts are those of a fresh run (no artifacts of earlier stages), marked
         ``offline``, so that no check reaches the network. This is what ``pcamflow validate``
-        does.
+        does. Every stage is checked, so that one call reports every problem.
 
         Raises:
-            Whatever a stage's ``validate`` raises.
+            PcamflowError: what the one stage that failed raised; or, when several problems
+                were found, a :class:`~pcamflow.errors.ConfigError` listing each once, with
+                the stages that found it.
         """
         run_dir = Path(settings.run_dir)
         upstream: dict[str, str] = {}
+        found: dict[str, tuple[PcamflowError, list[str]]] = {}
         for name, stage in self.steps:
             context = Context(
                 settings=settings,
@@ -261,8 +283,17 @@ class Pipeline:
                 offline=True,
             )
             log.debug("validating %s", name)
-            stage.validate(context)
+            try:
+                stage.validate(context)
+            except PcamflowError as error:
+                found.setdefault(str(error), (error, []))[1].append(name)
             upstream[name] = stage.fingerprint(context)
+        if len(found) == 1:
+            raise next(iter(found.values()))[0]
+        if found:
+            lines = [f"{message} (stage{'s' if len(names) > 1 else ''} {', '.join(names)})"
+                     for message, (_, names) in found.items()]
+            raise ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines))
 
     def run(
         self,

@@ -128,6 +128,10 @@ class Stage(abc.ABC):
         produces: the artifact type :meth:`run` returns.
         settings_sections: the settings tables that change this stage's output; they make its
             fingerprint, so that a change re-runs the stage and everything after it.
+        writes_to: where the artifact :meth:`run` returns lives: ``"local"`` (files on this
+            machine), ``"s3"``, or None (unsaid, or nowhere in particular, as tuned values).
+        reads_from: the places this stage can read its inputs from, or None (any). The
+            pipeline refuses, when built, a stage whose input is made where it cannot read it.
     """
 
     kind: ClassVar[str] = ""
@@ -136,6 +140,8 @@ class Stage(abc.ABC):
     accepts: ClassVar[tuple[type[Artifact], ...]] = ()
     produces: ClassVar[type[Artifact]] = Artifact
     settings_sections: ClassVar[tuple[str, ...]] = ()
+    writes_to: ClassVar[str | None] = None
+    reads_from: ClassVar[frozenset[str] | None] = None
 
     def validate(self, context: Context) -> None:  # noqa: B027 - optional hook
         """Cheap checks before any work or spend; raise an error naming the setting.

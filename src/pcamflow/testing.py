@@ -40,6 +40,7 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
     built from ``init`` (no arguments by default); ``validate``, ``run`` and ``plan`` take one
     ``context`` argument and ``provide_services`` takes ``settings`` and ``services``;
     ``produces``, ``requires`` and ``accepts`` are artifact types compatible with its kind;
+    ``writes_to`` is a place name or None, ``reads_from`` a frozenset of them or None;
     ``settings_sections`` name tables of :class:`Settings`; its fingerprint is a stable string.
     Given a ``context``, it validates the stage, asks for its plan (a :class:`Plan` or None)
     and its services (a mapping), runs it, then checks the artifact's type, that it exists,
@@ -97,6 +98,13 @@ def check_stage(cls: type, context: Context | None = None, **init: Any) -> Artif
     ]
     if missing_inputs:
         raise _fail(cls, f"drops required inputs of its kind: {', '.join(missing_inputs)}")
+    if not (cls.writes_to is None or isinstance(cls.writes_to, str)):
+        raise _fail(cls, f"writes_to must be a place name (\"local\", \"s3\") or None, "
+                    f"got {cls.writes_to!r}")
+    if not (cls.reads_from is None or (isinstance(cls.reads_from, frozenset)
+                                       and all(isinstance(p, str) for p in cls.reads_from))):
+        raise _fail(cls, f"reads_from must be a frozenset of place names or None, "
+                    f"got {cls.reads_from!r}")
     tables = {f.name for f in attrs.fields(Settings)}
     unknown = [s for s in cls.settings_sections if s not in tables]
     if unknown:

@@ -194,7 +194,8 @@ def test_validate_runs_the_checks_of_every_stage(pcam_dir: Path, tmp_path: Path)
     with _capture() as err:
         assert main(["validate", str(path)]) == 2
     assert "tune.ranges: no hyperparameter ranges to tune" in err.getvalue()
-    path.write_text(f'[pipeline]\ntrainer = "sagemaker"\nevaluator = "none"\n'
+    path.write_text('[pipeline]\nconverter = "sagemaker"\nmanifest_builder = "sagemaker"\n'
+                    f'trainer = "sagemaker"\nevaluator = "none"\n'
                     f'[data]\nsource = "{pcam_dir}"\n[train.extensions]\ndihedral = true\n')
     with _capture() as err:
         assert main(["validate", str(path)]) == 2

@@ -17,6 +17,9 @@ from pcamflow.sagemaker.requests import check_request
 
 STAGES = {"converter": "sagemaker", "manifest_builder": "sagemaker", "tuner": "sagemaker",
           "trainer": "sagemaker", "evaluator": "sagemaker", "deployer": "sagemaker"}
+# a SageMaker tuner or trainer reads manifests in S3: the data stages before it put them there
+ON_S3 = {"converter": "sagemaker", "manifest_builder": "sagemaker"}
+TRAIN_ONLY = {**ON_S3, "trainer": "sagemaker", "evaluator": "none"}
 RANGES = {"learning_rate": {"type": "continuous", "min_value": 0.001, "max_value": 0.1}}
 PCAM = 262_144 + 32_768 * 2
 
@@ -69,7 +72,7 @@ def test_a_grid_is_priced_by_its_real_size(aws_env: Any, tmp_path: Path) -> None
     ranges = {"optimizer": {"type": "categorical", "values": ["sgd", "adam", "nag"]},
               "mini_batch_size": {"type": "integer", "min_value": 16, "max_value": 18}}
     settings = settings_for(
-        tmp_path, pipeline={"tuner": "sagemaker", "trainer": "none", "evaluator": "none"},
+        tmp_path, pipeline={**ON_S3, "tuner": "sagemaker", "trainer": "none", "evaluator": "none"},
         tune={"strategy": "Grid", "max_jobs": 4, "ranges": ranges},
         aws={"prices": {"ml.p3.2xlarge": 1.0}, "training": {"estimated_runtime_s": 3600}})
     plan = _plan(settings)
@@ -105,7 +108,7 @@ def test_the_trainer_after_a_tuner_plans_placeholders_for_the_tuned_values(
     aws_env: Any, tmp_path: Path
 ) -> None:
     settings = settings_for(
-        tmp_path, pipeline={"tuner": "sagemaker", "trainer": "sagemaker", "evaluator": "none"},
+        tmp_path, pipeline={**TRAIN_ONLY, "tuner": "sagemaker"},
         tune={"epochs": 1, "ranges": RANGES}, train={"epochs": 7})
     plan = _plan(settings)
     sent = next(r for r in plan.requests if r.operation == "CreateTrainingJob").params
@@ -119,7 +122,7 @@ def test_a_kms_alias_and_local_storage_are_planned_as_they_are_sent(
     aws_env: Any, tmp_path: Path
 ) -> None:
     settings = settings_for(
-        tmp_path, pipeline={"trainer": "sagemaker", "evaluator": "none"},
+        tmp_path, pipeline=TRAIN_ONLY,
         aws={"kms_key_id": "alias/pcam", "training": {"instance_type": "ml.g4dn.xlarge"}})
     train = next(r for r in _plan(settings).requests if r.operation == "CreateTrainingJob")
     key = train.params["OutputDataConfig"]["KmsKeyId"]
@@ -130,7 +133,7 @@ def test_a_kms_alias_and_local_storage_are_planned_as_they_are_sent(
 def test_a_small_image_depth_at_a_larger_size_is_a_plan_warning(
     aws_env: Any, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, pipeline={"trainer": "sagemaker", "evaluator": "none"},
+    settings = settings_for(tmp_path, pipeline=TRAIN_ONLY,
                             train={"num_layers": 20, "image_shape": "3,48,48"})
     plan = _plan(settings)
     assert any("small-image (CIFAR) depth" in w for w in plan.warnings)
@@ -157,7 +160,7 @@ def test_the_planned_training_request_is_the_one_sent(local: Any, tmp_path: Path
 
 
 def test_missing_prices_say_so(aws_env: Any, tmp_path: Path) -> None:
-    plan = _plan(settings_for(tmp_path, pipeline={"trainer": "sagemaker", "evaluator": "none"}))
+    plan = _plan(settings_for(tmp_path, pipeline=TRAIN_ONLY))
     assert plan.spends and plan.total is None
     assert "no price known" in format_plan(plan)
 
@@ -185,8 +188,8 @@ def test_cli_plan_and_the_yes_guard(aws_env: Any, tmp_path: Path,
     config = _write(tmp_path, f"""
 [pipeline]
 run_dir = "{tmp_path / 'run'}"
-converter = "local"
-manifest_builder = "local"
+converter = "sagemaker"
+manifest_builder = "sagemaker"
 trainer = "sagemaker"
 evaluator = "none"
 [aws]
@@ -207,7 +210,7 @@ bucket = "{BUCKET}"
 
 
 def test_local_only_extensions_fail_the_plan(aws_env: Any, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, pipeline={"trainer": "sagemaker", "evaluator": "none"},
+    settings = settings_for(tmp_path, pipeline=TRAIN_ONLY,
                             train={"extensions": {"stain_jitter": 0.05}})
     with pytest.raises(ConfigError, match="stain_jitter"):
         _plan(settings)

@@ -296,6 +296,8 @@ class LocalConverter(DataConverter):
     ``<stage folder>/images``).
     """
 
+    writes_to = "local"
+
     def validate(self, context: Context) -> None:
         """Check the source as far as opening its files allows: names, sizes, shapes, counts.
 

@@ -197,6 +197,9 @@ class LocalManifestBuilder(ManifestBuilder):
     Reads ``[manifests]`` (shuffle, max_per_class, check_images) and the pipeline's seed.
     """
 
+    # reads images on this machine, or the local copy an S3 image tree keeps (local_root)
+    writes_to = "local"
+
     def validate(self, context: Context) -> None:
         dataset = context.optional_input(ImageDataset)
         if dataset is not None and "://" in dataset.root and not dataset.local_root:

@@ -11,8 +11,11 @@ class AwsStage:
 
     When the caller passed ``services["aws"]``, only the ``s3://`` probe is added (made from
     those clients); otherwise new clients from ``[aws]`` with it
-    (:func:`pcamflow.sagemaker.clients.services_for`).
+    (:func:`pcamflow.sagemaker.clients.services_for`). What they make and read lies in S3.
     """
+
+    writes_to: str | None = "s3"
+    reads_from: frozenset[str] | None = frozenset({"s3"})
 
     def provide_services(
         self, settings: Any, services: Mapping[str, Any]

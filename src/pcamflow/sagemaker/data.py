@@ -60,7 +60,10 @@ class S3Converter(AwsStage, DataConverter):
         return LocalConverter()
 
     def validate(self, context: Context) -> None:
+        from pcamflow.sagemaker.trainer import check_aws
+
         self._local().validate(context)
+        check_aws(context.settings, context.services)
 
     def plan(self, context: Context) -> Any:
         from pcamflow.sagemaker.planning import source_counts
@@ -133,6 +136,9 @@ class S3ManifestBuilder(AwsStage, ManifestBuilder):
     settings_sections = ("manifests", "aws")
 
     def validate(self, context: Context) -> None:
+        from pcamflow.sagemaker.trainer import check_aws
+
+        check_aws(context.settings, context.services)
         dataset = context.optional_input(ImageDataset)
         if dataset is not None and not dataset.root.startswith("s3://"):
             raise ConfigError(

@@ -64,11 +64,13 @@ class SageMakerDeployer(JobStageOptions, Deployer):
         ask: asks, on Ctrl-C while the endpoint is created, whether to delete it again.
     """
 
+    writes_to = None  # an endpoint, not a file
+
     def validate(self, context: Context) -> None:
         from pcamflow.sagemaker.hosting import scaling_requests
         from pcamflow.sagemaker.trainer import check_aws
 
-        check_aws(context.settings)
+        check_aws(context.settings, context.services)
         deploy = context.settings.deploy
         scaling_requests(deploy.name, deploy.initial_instance_count, context.settings.aws)
         if context.settings.deploy.api_key_env:

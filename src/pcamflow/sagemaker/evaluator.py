@@ -82,15 +82,18 @@ class SageMakerEvaluator(JobStageOptions, Evaluator):
         ask: asks whether to stop the transform job on Ctrl-C.
     """
 
+    writes_to = "local"  # the report is written here
+
     def validate(self, context: Context) -> None:
         from pcamflow.sagemaker.trainer import check_aws
 
-        check_aws(context.settings)
+        # the settings SageMaker cannot honour first: [aws] problems are found by every stage
         if context.settings.evaluate.tta:
             raise ConfigError(
                 "evaluate.tta: test-time augmentation is local-only; the built-in algorithm "
                 "scores each image once (set evaluate.tta = false, or evaluator = 'local')"
             )
+        check_aws(context.settings, context.services)
 
     def run(self, context: Context) -> Evaluation:
         from pcamflow.data.manifests import read_manifest

@@ -56,13 +56,43 @@ def check_training(settings: Any, hyperparameters: Hyperparameters | None = None
         log.warning("%s", warning)
 
 
-def check_aws(settings: Any) -> None:
-    """Cheap checks of ``[aws]`` that the SageMaker stages share (no AWS call)."""
+def check_aws(settings: Any, services: Any = None) -> None:
+    """Cheap checks of ``[aws]`` that the SageMaker stages share (no AWS call).
+
+    Without AWS clients among ``services``, the region must be known: ``aws.region`` or the
+    AWS configuration's (its files and environment, read without a request).
+    """
     from pcamflow.sagemaker.requests import vpc_config
 
+    if not (services or {}).get("aws"):
+        check_region(settings.aws)
     vpc_config(settings.aws)
     if settings.aws.training.checkpoint_s3_uri and not settings.aws.training.use_spot:
         raise ConfigError("aws.training.checkpoint_s3_uri: set, but aws.training.use_spot is false")
+
+
+def check_region(aws: Any) -> str:
+    """``aws.region``, or the region the AWS configuration (profile ``aws.profile``) names.
+
+    Raises:
+        ConfigError: neither names one, or the profile does not exist.
+    """
+    if aws.region:
+        return str(aws.region)
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        region = botocore.session.Session(profile=aws.profile).get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(f"aws.profile: {aws.profile!r} is not in the AWS configuration") \
+            from None
+    if not region:
+        raise ConfigError(
+            "aws.region: not set, and the AWS configuration names no region (set aws.region, "
+            "or AWS_DEFAULT_REGION)"
+        )
+    return str(region)
 
 
 def training_hyperparameters(
@@ -137,9 +167,9 @@ class SageMakerTrainer(JobStageOptions, Trainer):
     """
 
     def validate(self, context: Context) -> None:
-        check_no_extensions(context.settings)
-        check_aws(context.settings)
         check_training(context.settings)
+        check_no_extensions(context.settings)
+        check_aws(context.settings, context.services)
 
     def plan(self, context: Context) -> Any:
         from pcamflow.sagemaker.algorithm import depth_warnings

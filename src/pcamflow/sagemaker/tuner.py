@@ -61,14 +61,16 @@ class SageMakerTuner(JobStageOptions, Tuner):
         ask: asks whether to stop the tuning job on Ctrl-C (default: on the terminal, if any).
     """
 
+    writes_to = None  # tuned values, kept in run.json
+
     def validate(self, context: Context) -> None:
         from pcamflow.sagemaker.trainer import check_aws, check_no_extensions, check_training
 
-        check_no_extensions(context.settings)
-        check_aws(context.settings)
         check_training(context.settings)
+        check_no_extensions(context.settings)
         if not context.settings.tune.ranges:
             raise ConfigError("tune.ranges: the SageMaker tuner needs at least one range")
+        check_aws(context.settings, context.services)
 
     def plan(self, context: Context) -> Any:
         from pcamflow.sagemaker.algorithm import depth_warnings

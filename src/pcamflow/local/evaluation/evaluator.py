@@ -31,6 +31,9 @@ class LocalEvaluator(Evaluator):
             ``cpu`` or ``cuda``.
     """
 
+    writes_to = "local"
+    reads_from = frozenset({"local"})
+
     def __init__(self, *, progress: bool = True, device: str | None = None) -> None:
         self.progress = progress
         self.device = device

@@ -30,6 +30,8 @@ class LocalDeployer(Deployer):
     given ``endpoint_url=endpoint.url`` calls it unchanged.
     """
 
+    reads_from = frozenset({"local"})
+
     def validate(self, context: Context) -> None:
         """Check the API key's environment variable is set, if one is named."""
         from pcamflow._extras import require

@@ -244,6 +244,9 @@ class LocalTrainer(Trainer):
     """Trains the algorithm's ResNet locally in PyTorch (CUDA when present); with
     ``train.extensions.nproc_per_node`` above 1, in that many processes under ``torchrun``."""
 
+    writes_to = "local"
+    reads_from = frozenset({"local"})
+
     def __init__(self, *, progress: bool = True) -> None:
         self.progress = progress
 

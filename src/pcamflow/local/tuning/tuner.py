@@ -32,6 +32,8 @@ class LocalTuner(Tuner):
         progress: show a progress bar of the trials.
     """
 
+    reads_from = frozenset({"local"})
+
     def __init__(self, train_fn: Callable[..., Any] | None = None, *, progress: bool = True):
         self.train_fn = train_fn
         self.progress = progress
