@@ -1,0 +1,232 @@
+"""Mutation testing of pcamflow's core, one module group at a time, with mutmut.
+
+Each group names the source files mutmut mutates and the test files that cover them. mutmut
+runs once per group, in its own working folder under ``build/mutation/<group>`` (a
+``pyproject.toml`` holding that group's ``[tool.mutmut]`` table, with ``src`` and ``tests``
+linked to this checkout's), so a mutant is only ever run against its own group's tests, and
+mutmut picks among those the tests that call the mutated function. The script then prints one
+table (mutants, killed, survived, marked equivalent, score per group) and lists the survivors.
+
+Run it as ``tox -e mutation`` (or ``python mutation/run.py [GROUP ...]`` in an environment
+with the ``local``, ``sagemaker`` and ``test`` extras and mutmut). ``--list`` names the groups.
+The exit status is 1 when a group scores under ``--target`` (80% unless told).
+
+A mutant counts as killed when a test failed, timed out or crashed with it; as survived when
+every selected test passed, or no test calls the mutated function. Mutants that cannot change
+behaviour are listed in ``EQUIVALENT`` with the reason, and left out of the score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "build" / "mutation"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One mutmut run: the files it mutates and the tests that may kill their mutants.
+
+    Attributes:
+        name: the group's name on the command line and in the table.
+        files: source files to mutate, relative to the checkout.
+        tests: pytest arguments selecting the tests (files or node ids).
+        only: mutant-name patterns (mutmut's ``module.x_function*``); empty: every mutant of
+            ``files``. Used where one function of a larger module is the thing under test.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    tests: tuple[str, ...]
+    only: tuple[str, ...] = field(default=())
+
+
+GROUPS: tuple[Group, ...] = (
+    Group("metrics", ("src/pcamflow/evaluation/metrics.py",),
+          ("tests/evaluation/test_metrics.py",)),
+    Group("hyperparameters",
+          ("src/pcamflow/hyperparameters.py", "src/pcamflow/sagemaker/trainer.py"),
+          ("tests/test_hyperparameters.py", "tests/sagemaker/test_sagemaker_trainer.py"),
+          only=("pcamflow.hyperparameters.*", "pcamflow.sagemaker.trainer.x_training_hyperparameters*",
+                "pcamflow.sagemaker.trainer.x_check_training*")),
+    Group("manifests", ("src/pcamflow/data/manifests.py",),
+          ("tests/data/test_data_manifests.py",)),
+    Group("convert", ("src/pcamflow/data/convert.py",), ("tests/data/test_data_convert.py",)),
+    Group("pcam", ("src/pcamflow/data/pcam.py",), ("tests/data/test_data_pcam.py",)),
+    Group("checkpoint", ("src/pcamflow/local/training/checkpoint.py",),
+          ("tests/local/training/test_checkpoint.py",)),
+    Group("payloads",
+          ("src/pcamflow/local/serving/payloads.py", "src/pcamflow/local/serving/guards.py"),
+          ("tests/local/serving/test_payloads.py",)),
+    Group("plan", ("src/pcamflow/plan.py",), ("tests/test_plan.py",)),
+    Group("registry", ("src/pcamflow/registry.py",), ("tests/test_registry.py",)),
+    Group("config", ("src/pcamflow/config.py",), ("tests/test_config.py",)),
+)
+
+# mutant name -> why it cannot change behaviour. A name that no longer exists is reported.
+EQUIVALENT: dict[str, str] = {}
+
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+SURVIVED = {"survived", "no tests"}
+
+
+def _mutmut_table(group: Group) -> str:
+    lines = [
+        "[tool.mutmut]",
+        'source_paths = ["src"]',
+        f"only_mutate = {json.dumps(list(group.files))}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(list(group.tests))}",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
+        # torch and the HTTP servers in the tests are not fork-safe from a process that ran them
+        'process_isolation = "forkserver"',
+        "use_git_change_detection = false",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare(group: Group) -> Path:
+    work = WORK / group.name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (work / "pyproject.toml").write_text(project + "\n" + _mutmut_table(group), encoding="utf-8")
+    for name in ("src", "tests"):
+        (work / name).symlink_to(ROOT / name, target_is_directory=True)
+    # Exists before Python starts, or the import system caches it as absent (see PYTHONPATH).
+    (work / "mutants" / "src").mkdir(parents=True)
+    return work
+
+
+def _results(work: Path, group: Group) -> dict[str, str]:
+    """Every mutant of the group and its mutmut status, from mutmut's ``.meta`` files."""
+    from mutmut.stats import status_by_exit_code
+
+    statuses: dict[str, str] = {}
+    for source in group.files:
+        meta = work / "mutants" / (source + ".meta")
+        if not meta.exists():
+            raise SystemExit(f"{group.name}: mutmut left no results for {source} ({meta})")
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        for name, code in data["exit_code_by_key"].items():
+            if group.only and not any(fnmatch(name, pattern) for pattern in group.only):
+                continue
+            statuses[name] = status_by_exit_code[code]
+    return statuses
+
+
+def run_group(group: Group, jobs: int) -> tuple[dict[str, str], float]:
+    """Run mutmut for one group; its mutants' statuses and the seconds it took."""
+    work = _prepare(group)
+    env = dict(os.environ)
+    # Tests that start a Python subprocess (a server, the converter) import the mutated copy too.
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(work / "mutants" / "src"), env.get("PYTHONPATH")]))
+    env.setdefault("MPLBACKEND", "Agg")
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *group.only]
+    start = time.monotonic()
+    log = work / "mutmut.log"
+    with log.open("w", encoding="utf-8") as out:
+        finished = subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  check=False)
+    took = time.monotonic() - start
+    if finished.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"{group.name}: mutmut failed (exit {finished.returncode}); "
+                         f"its log is {log}:\n{tail}")
+    return _results(work, group), took
+
+
+def _score(killed: int, survived: int) -> float:
+    return 100.0 * killed / (killed + survived) if killed + survived else 100.0
+
+
+def report(results: dict[str, tuple[dict[str, str], float]]) -> tuple[str, list[str]]:
+    """The table and the survivors' lines, and (second) the names of groups under target."""
+    rows = [f"{'module':<16}{'mutants':>8}{'killed':>8}{'survived':>9}{'equivalent':>11}"
+            f"{'other':>7}{'score':>8}{'seconds':>9}"]
+    survivors: list[str] = []
+    scores: dict[str, float] = {}
+    for name, (statuses, took) in results.items():
+        equivalent = [m for m in statuses if m in EQUIVALENT]
+        counted = {m: s for m, s in statuses.items() if m not in EQUIVALENT}
+        killed = sum(s in KILLED for s in counted.values())
+        survived = sum(s in SURVIVED for s in counted.values())
+        other = len(counted) - killed - survived
+        scores[name] = _score(killed, len(counted) - killed)
+        rows.append(f"{name:<16}{len(statuses):>8}{killed:>8}{survived:>9}{len(equivalent):>11}"
+                    f"{other:>7}{scores[name]:>7.1f}%{took:>9.0f}")
+        survivors += [f"  {m}  ({s})" for m, s in sorted(counted.items()) if s not in KILLED]
+    text = "\n".join(rows)
+    if survivors:
+        text += "\n\nSurvivors (show one with: cd build/mutation/GROUP && mutmut show NAME):\n"
+        text += "\n".join(survivors)
+    return text, [name for name, score in scores.items() if score < TARGET]
+
+
+TARGET = 80.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the named groups (all by default), print the table; 1 if one is under target."""
+    global TARGET
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("groups", nargs="*", help="groups to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="name the groups and exit")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
+                        help="mutants run at once (default: the CPU count)")
+    parser.add_argument("--target", type=float, default=TARGET, help="lowest score per group (%%)")
+    parser.add_argument("--json", type=Path, help="also write the statuses to this file")
+    args = parser.parse_args(argv)
+    TARGET = args.target
+    by_name = {g.name: g for g in GROUPS}
+    if args.list:
+        for group in GROUPS:
+            print(f"{group.name:<16}{', '.join(group.files)}  <-  {', '.join(group.tests)}")
+        return 0
+    unknown = [name for name in args.groups if name not in by_name]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    chosen = [by_name[name] for name in args.groups] if args.groups else list(GROUPS)
+    results: dict[str, tuple[dict[str, str], float]] = {}
+    start = time.monotonic()
+    for group in chosen:
+        print(f"[{time.monotonic() - start:6.0f}s] {group.name}: mutmut over "
+              f"{', '.join(group.files)}", flush=True)
+        results[group.name] = run_group(group, args.jobs)
+    every = {m for statuses, _ in results.values() for m in statuses}
+    stale = sorted(m for m in EQUIVALENT if m not in every
+                   and any(m.startswith(_modules(g)) for g in chosen))
+    text, under = report(results)
+    print()
+    print(text)
+    if stale:
+        print("\nMarked equivalent but no longer generated (update EQUIVALENT):")
+        print("\n".join(f"  {m}" for m in stale))
+    print(f"\nTotal {time.monotonic() - start:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({k: v[0] for k, v in results.items()}, indent=1))
+    if under:
+        print(f"Under {TARGET:.0f}%: {', '.join(under)}")
+        return 1
+    return 0
+
+
+def _modules(group: Group) -> tuple[str, ...]:
+    return tuple(f.removeprefix("src/").removesuffix(".py").replace("/", ".") + "."
+                 for f in group.files)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
