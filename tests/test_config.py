@@ -34,24 +34,6 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
         ),
         ({"deploy": {"port": 70000}}, "deploy.port: 70000 is outside 0..65535"),
         (
-            {"tune": {"max_jobs": 2, "max_parallel_jobs": 3}},
-            "tune.max_parallel_jobs: 3 is greater than max_jobs (2)",
-        ),
-        (
-            {"tune": {"ranges": {"optimizer": {"type": "categorical", "values": ["sgd", "foo"]}}}},
-            "tune.ranges.optimizer: range value 'foo' is invalid",
-        ),
-        (
-            {
-                "tune": {
-                    "ranges": {
-                        "momentum": {"type": "continuous", "min_value": 0.9, "max_value": 0.1}
-                    }
-                }
-            },
-            "tune.ranges.momentum.min_value: 0.9 is greater than max_value 0.1",
-        ),
-        (
             {"train": {"epochs": 4, "checkpoint_frequency": 5}},
             "train.checkpoint_frequency: 5 is greater than epochs (4)",
         ),
@@ -66,6 +48,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
     ],
 )
 def test_a_bad_setting_is_an_error_naming_its_key(table, message):
+    # the [tune] checks are the tuner's tests (tests/local/tuning/test_tuner.py)
     with pytest.raises(ConfigError) as caught:
         Settings.from_dict(table)
     assert message in str(caught.value)
