@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -139,8 +140,13 @@ def _results(work: Path, group: Group) -> dict[str, str]:
     return statuses
 
 
-def run_group(group: Group, jobs: int) -> tuple[dict[str, str], float]:
-    """Run mutmut for one group; its mutants' statuses and the seconds it took."""
+def run_group(group: Group, jobs: int, budget: float | None) -> tuple[dict[str, str], float]:
+    """Run mutmut for one group; its mutants' statuses and the seconds it took.
+
+    With a ``budget`` (seconds), mutmut is stopped when it runs out; the mutants it had not
+    tried yet are ``not checked`` (mutmut saves each result as it comes, and tries the mutants
+    with the fastest tests first).
+    """
     work = _prepare(group)
     env = dict(os.environ)
     # Tests that start a Python subprocess (a server, the converter) import the mutated copy too.
@@ -151,12 +157,22 @@ def run_group(group: Group, jobs: int) -> tuple[dict[str, str], float]:
     start = time.monotonic()
     log = work / "mutmut.log"
     with log.open("w", encoding="utf-8") as out:
-        finished = subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  check=False)
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)  # mutmut, its fork server and its workers
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            returncode = 0
     took = time.monotonic() - start
-    if finished.returncode != 0:
+    if returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise GroupFailed(f"{group.name}: mutmut failed (exit {finished.returncode}); "
+        raise GroupFailed(f"{group.name}: mutmut failed (exit {returncode}); "
                           f"its log is {log}:\n{tail}")
     return _results(work, group), took
 
@@ -166,20 +182,26 @@ def _score(killed: int, survived: int) -> float:
 
 
 def report(results: dict[str, tuple[dict[str, str], float]]) -> tuple[str, list[str]]:
-    """The table and the survivors' lines, and (second) the names of groups under target."""
+    """The table and the survivors' lines, and (second) the names of groups under target.
+
+    The score is killed / (killed + survived + other) over the mutants mutmut tried; marked
+    equivalents and mutants left unchecked (a budget ran out) are not in it.
+    """
     rows = [f"{'module':<16}{'mutants':>8}{'killed':>8}{'survived':>9}{'equivalent':>11}"
-            f"{'other':>7}{'score':>8}{'seconds':>9}"]
+            f"{'other':>7}{'unchecked':>10}{'score':>8}{'seconds':>9}"]
     survivors: list[str] = []
     scores: dict[str, float] = {}
     for name, (statuses, took) in results.items():
         equivalent = [m for m in statuses if m in EQUIVALENT]
-        counted = {m: s for m, s in statuses.items() if m not in EQUIVALENT}
+        counted = {m: s for m, s in statuses.items()
+                   if m not in EQUIVALENT and s != "not checked"}
+        unchecked = sum(s == "not checked" for s in statuses.values())
         killed = sum(s in KILLED for s in counted.values())
         survived = sum(s in SURVIVED for s in counted.values())
         other = len(counted) - killed - survived
         scores[name] = _score(killed, len(counted) - killed)
         rows.append(f"{name:<16}{len(statuses):>8}{killed:>8}{survived:>9}{len(equivalent):>11}"
-                    f"{other:>7}{scores[name]:>7.1f}%{took:>9.0f}")
+                    f"{other:>7}{unchecked:>10}{scores[name]:>7.1f}%{took:>9.0f}")
         survivors += [f"  {m}  ({s})" for m, s in sorted(counted.items()) if s not in KILLED]
     text = "\n".join(rows)
     if survivors:
@@ -201,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="mutants run at once (default: the CPU count)")
     parser.add_argument("--target", type=float, default=TARGET, help="lowest score per group (%%)")
     parser.add_argument("--json", type=Path, help="also write the statuses to this file")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="stop a group's mutmut after this many seconds (default: none)")
     args = parser.parse_args(argv)
     TARGET = args.target
     by_name = {g.name: g for g in GROUPS}
@@ -219,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.monotonic() - start:6.0f}s] {group.name}: mutmut over "
               f"{', '.join(group.files)}", flush=True)
         try:
-            results[group.name] = run_group(group, args.jobs)
+            results[group.name] = run_group(group, args.jobs, args.budget)
         except GroupFailed as error:
             print(error, flush=True)
             failed.append(group.name)
