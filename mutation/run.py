@@ -105,6 +105,8 @@ def _mutmut_table(group: Group) -> str:
         # torch and the HTTP servers in the tests are not fork-safe from a process that ran them
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
+        # tests read the examples' settings files and the docs' configuration reference
+        'also_copy = ["examples", "docs"]',
     ]
     return "\n".join(lines) + "\n"
 
@@ -116,7 +118,7 @@ def _prepare(group: Group) -> Path:
     work.mkdir(parents=True)
     project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     (work / "pyproject.toml").write_text(project + "\n" + _mutmut_table(group), encoding="utf-8")
-    for name in ("src", "tests"):
+    for name in ("src", "tests", "examples", "docs"):
         (work / name).symlink_to(ROOT / name, target_is_directory=True)
     # Exists before Python starts, or the import system caches it as absent (see PYTHONPATH).
     (work / "mutants" / "src").mkdir(parents=True)
