@@ -60,13 +60,14 @@ class Group:
 GROUPS: tuple[Group, ...] = (
     Group("metrics", ("src/pcamflow/evaluation/metrics.py",),
           ("tests/evaluation/test_metrics.py",)),
+    # the hyperparameter contract, and what a SageMaker training job is sent
     Group("hyperparameters",
           ("src/pcamflow/hyperparameters.py", "src/pcamflow/sagemaker/trainer.py"),
-          ("tests/test_hyperparameters.py",),
+          ("tests/test_hyperparameters.py", "tests/sagemaker/test_training_hyperparameters.py"),
           only=("pcamflow.hyperparameters.*",
                 "pcamflow.sagemaker.trainer.x_training_hyperparameters*")),
     Group("manifests", ("src/pcamflow/data/manifests.py",),
-          ("tests/data/test_data_manifests.py",)),
+          ("tests/data/test_data_manifests.py", "tests/data/test_data_manifest_lines.py")),
     # the resume logic: what is already converted, what is left, whose output folder it is
     Group("convert", ("src/pcamflow/data/convert.py",), ("tests/data/test_data_convert.py",),
           only=tuple(f"pcamflow.data.convert.x_{name}_*" for name in (
@@ -77,13 +78,23 @@ GROUPS: tuple[Group, ...] = (
           only=tuple(f"pcamflow.data.pcam.x_{name}_*" for name in (
               "_find", "_is_our_decompression", "check_schema", "_marked", "_check_layout",
               "_read_labels", "_verify", "check_split"))),
+    # the checkpoint folder's contract; the resume-equals-uninterrupted tests of the same file
+    # train real models (too slow to run per mutant) and are deselected here
     Group("checkpoint", ("src/pcamflow/local/training/checkpoint.py",),
-          ("tests/local/training/test_trainer.py", "-k", "not quality_beats")),
+          ("tests/local/training/test_checkpoint.py", "-k",
+           "not interrupted_and_resumed and not another_runs")),
+    # request parsing and the API-key check (not the rest of the guards: host, body limits)
     Group("payloads",
           ("src/pcamflow/local/serving/payloads.py", "src/pcamflow/local/serving/guards.py"),
-          ("tests/local/serving/test_server.py", "tests/local/serving/test_server_bad_input.py")),
+          ("tests/local/serving/test_payloads.py",),
+          only=("pcamflow.local.serving.payloads.*",
+                "pcamflow.local.serving.guards.x_api_key_check*",
+                "pcamflow.local.serving.guards.x__given_key*")),
+    # costs and totals, and the image counts the SageMaker stages plan with
     Group("plan", ("src/pcamflow/plan.py", "src/pcamflow/sagemaker/planning.py"),
-          ("tests/sagemaker/test_sagemaker_plan.py",)),
+          ("tests/test_plan.py", "tests/sagemaker/test_planning_counts.py"),
+          only=("pcamflow.plan.*", "pcamflow.sagemaker.planning.x_planned_counts*",
+                "pcamflow.sagemaker.planning.x_source_counts*")),
     Group("registry", ("src/pcamflow/registry.py",), ("tests/test_registry.py",)),
     Group("config", ("src/pcamflow/config.py",), ("tests/test_config.py",)),
 )
