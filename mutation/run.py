@@ -63,7 +63,8 @@ GROUPS: tuple[Group, ...] = (
     # the hyperparameter contract, and what a SageMaker training job is sent
     Group("hyperparameters",
           ("src/pcamflow/hyperparameters.py", "src/pcamflow/sagemaker/trainer.py"),
-          ("tests/test_hyperparameters.py", "tests/sagemaker/test_training_hyperparameters.py"),
+          ("tests/test_hyperparameters.py", "tests/test_hyperparameter_contract.py",
+           "tests/sagemaker/test_training_hyperparameters.py"),
           only=("pcamflow.hyperparameters.*",
                 "pcamflow.sagemaker.trainer.x_training_hyperparameters*")),
     Group("manifests", ("src/pcamflow/data/manifests.py",),
