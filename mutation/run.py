@@ -97,7 +97,10 @@ GROUPS: tuple[Group, ...] = (
           only=("pcamflow.plan.*", "pcamflow.sagemaker.planning.x_planned_counts*",
                 "pcamflow.sagemaker.planning.x_source_counts*")),
     Group("registry", ("src/pcamflow/registry.py",), ("tests/test_registry.py",)),
-    Group("config", ("src/pcamflow/config.py",), ("tests/test_config.py",)),
+    # the [tune] checks are tested with the tuner
+    Group("config", ("src/pcamflow/config.py",),
+          ("tests/test_config.py",
+           "tests/local/tuning/test_tuner.py::test_bad_tuning_settings_are_refused_with_the_key")),
 )
 
 # mutant name -> why it cannot change behaviour. A name that no longer exists is reported.
