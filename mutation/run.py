@@ -59,7 +59,7 @@ class Group:
 
 GROUPS: tuple[Group, ...] = (
     Group("metrics", ("src/pcamflow/evaluation/metrics.py",),
-          ("tests/evaluation/test_metrics.py",)),
+          ("tests/evaluation/test_metrics.py", "tests/evaluation/test_metrics_exact.py")),
     # the hyperparameter contract, and what a SageMaker training job is sent
     Group("hyperparameters",
           ("src/pcamflow/hyperparameters.py", "src/pcamflow/sagemaker/trainer.py"),
