@@ -75,7 +75,8 @@ GROUPS: tuple[Group, ...] = (
               "_whole_jpeg", "_existing", "_prepare_output", "_todo", "_record_problem",
               "_claim", "convert_pcam"))),
     # the validation of the HDF5 files (layout, schema, sizes, checksums)
-    Group("pcam", ("src/pcamflow/data/pcam.py",), ("tests/data/test_data_pcam.py",),
+    Group("pcam", ("src/pcamflow/data/pcam.py",),
+          ("tests/data/test_data_pcam.py", "tests/data/test_data_pcam_checks.py"),
           only=tuple(f"pcamflow.data.pcam.x_{name}_*" for name in (
               "_find", "_is_our_decompression", "check_schema", "_marked", "_check_layout",
               "_read_labels", "_verify", "check_split"))),
