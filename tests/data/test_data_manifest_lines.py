@@ -161,6 +161,9 @@ def test_uri_to_path_takes_local_uris_only() -> None:
         uri_to_path("file://server/data/x.jpg")
     assert str(caught.value) == ("file://server/data/x.jpg: file URIs on another host (server) "
                                  "are not supported")
+    with pytest.raises(DataError) as caught:  # a drive letter is a scheme off Windows
+        uri_to_path("c:/data/x.jpg")
+    assert str(caught.value) == "c:/data/x.jpg: not a local file (scheme 'c'); expected file://"
     with pytest.raises(DataError) as caught:
         uri_to_path("s3://bucket/x.jpg")
     assert str(caught.value) == "s3://bucket/x.jpg: not a local file (scheme 's3'); expected file://"
@@ -192,11 +195,21 @@ def test_the_stage_builds_with_its_settings_and_the_pipeline_seed(tmp_path: Path
     assert Path(result.manifests["train"]).parent == (tmp_path / "run" / "manifests").resolve()
     with pytest.raises(ImageError):  # check_images is on by default
         stage.run(_context(tmp_path, dataset, 3))
+    shuffled = stage.run(_context(tmp_path, dataset, 3, max_per_class=1, check_images=False))
+    by_hand = build_manifests(dataset, tmp_path / "by-hand", seed=3, max_per_class=1,
+                              check_images=False, progress=False)
+    assert Path(shuffled.lst["train"]).read_text() == Path(by_hand.lst["train"]).read_text()
     fingerprint = stage.fingerprint(context)
     assert fingerprint == stage.fingerprint(
         _context(tmp_path, dataset, 3, shuffle=False, max_per_class=1, check_images=False))
     assert fingerprint != stage.fingerprint(
         _context(tmp_path, dataset, 4, shuffle=False, max_per_class=1, check_images=False))
+    assert fingerprint != stage.fingerprint(  # another [manifests] setting: built again
+        _context(tmp_path, dataset, 3, shuffle=False, max_per_class=2, check_images=False))
+    import attrs
+
+    reconverted = attrs.evolve(context, upstream={"convert": "another-conversion"})
+    assert fingerprint != stage.fingerprint(reconverted)  # another input: built again
 
 
 def test_the_stage_refuses_a_remote_tree_with_no_local_copy(tmp_path: Path) -> None:

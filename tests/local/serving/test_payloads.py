@@ -42,6 +42,7 @@ def test_media_types_and_answer_types() -> None:
     assert media_type(None) == "" and media_type("") == ""
     assert answer_type(None) == answer_type("") == "application/json"
     assert answer_type("text/html, application/jsonlines") == "application/jsonlines"
+    assert answer_type("text/html,application/jsonlines") == "application/jsonlines"
     assert answer_type("application/jsonlines;q=1, application/json") == "application/jsonlines"
     assert answer_type("*/*") == answer_type("application/*") == "application/json"
     assert answer_type(" , application/json") == "application/json"
@@ -56,6 +57,7 @@ def test_answers_are_json_lists_or_jsonlines_records() -> None:
         [0.25, 0.75], [1.0, 0.0]]
     assert json.loads(encode_answer(probabilities[:1], "application/json", batch=False)) == [
         0.25, 0.75]
+    assert encode_answer(np.array([[0, 1]]), "application/json", batch=True) == b"[[0.0, 1.0]]"
     assert encode_answer(probabilities, "application/jsonlines", batch=True) == (
         b'{"prediction": [0.25, 0.75]}\n{"prediction": [1.0, 0.0]}\n')
 
