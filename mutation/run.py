@@ -127,13 +127,17 @@ def _mutmut_table(group: Group) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _prepare(group: Group) -> Path:
+def _prepare(group: Group, resume: bool = False) -> Path:
     work = WORK / group.name
+    table = _mutmut_table(group)
+    if resume and (work / "mutants").is_dir() and (work / "pyproject.toml").read_text(
+            encoding="utf-8").endswith(table):
+        return work  # mutmut keeps the results it has and tries the mutants left
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    (work / "pyproject.toml").write_text(project + "\n" + _mutmut_table(group), encoding="utf-8")
+    (work / "pyproject.toml").write_text(project + "\n" + table, encoding="utf-8")
     for name in ("src", "tests", "examples", "docs"):
         (work / name).symlink_to(ROOT / name, target_is_directory=True)
     # Exists before Python starts, or the import system caches it as absent (see PYTHONPATH).
@@ -158,14 +162,15 @@ def _results(work: Path, group: Group) -> dict[str, str]:
     return statuses
 
 
-def run_group(group: Group, jobs: int, budget: float | None) -> tuple[dict[str, str], float]:
+def run_group(group: Group, jobs: int, budget: float | None,
+              resume: bool = False) -> tuple[dict[str, str], float]:
     """Run mutmut for one group; its mutants' statuses and the seconds it took.
 
     With a ``budget`` (seconds), mutmut is stopped when it runs out; the mutants it had not
     tried yet are ``not checked`` (mutmut saves each result as it comes, and tries the mutants
     with the fastest tests first).
     """
-    work = _prepare(group)
+    work = _prepare(group, resume)
     env = dict(os.environ)
     # Tests that start a Python subprocess (a server, the converter) import the mutated copy too.
     env["PYTHONPATH"] = os.pathsep.join(
@@ -243,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the statuses to this file")
     parser.add_argument("--budget", type=float, default=None,
                         help="stop a group's mutmut after this many seconds (default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the results of an earlier (budgeted) run of the same groups "
+                             "and try only the mutants it left; the tests must be unchanged")
     args = parser.parse_args(argv)
     TARGET = args.target
     by_name = {g.name: g for g in GROUPS}
@@ -261,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.monotonic() - start:6.0f}s] {group.name}: mutmut over "
               f"{', '.join(group.files)}", flush=True)
         try:
-            results[group.name] = run_group(group, args.jobs, args.budget)
+            results[group.name] = run_group(group, args.jobs, args.budget, args.resume)
         except GroupFailed as error:
             print(error, flush=True)
             failed.append(group.name)
