@@ -79,6 +79,13 @@ def test_a_split_with_an_empty_or_missing_class_folder(tmp_path: Path) -> None:
     assert unchecked.counts == {"test": 1}
 
 
+def test_an_empty_class_folder_beside_a_full_one(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "img", {"test/0": [], "test/1": ["test_000004.jpg"]})
+    result = build_manifests(ImageDataset(root=str(root), counts={"test": {"0": 0, "1": 1}}),
+                             tmp_path / "out", progress=False)
+    assert Path(result.lst["test"]).read_text() == "4\t1\ttest/1/test_000004.jpg\n"
+
+
 def test_splits_come_in_pcams_order_then_the_others(tmp_path: Path) -> None:
     root = _tree(tmp_path / "img", {"holdout/0": ["holdout_000000.jpg"],
                                     "test/0": ["test_000000.jpg"],
@@ -128,6 +135,8 @@ def test_the_local_root_of_an_uploaded_tree_is_used(tmp_path: Path) -> None:
     ('{"class": "1"}', '{"class": "1"}'),
     ('{"source-ref": "a.jpg", "class": "one"}', '{"source-ref": "a.jpg", "class": "one"}'),
     ("not json " * 20, ("not json " * 20)[:117] + "..."),
+    ("x" * 120, "x" * 120),  # up to 120 characters, a line is shown whole
+    ("x" * 121, "x" * 117 + "..."),
 ])
 def test_a_bad_line_is_named_by_file_and_number(tmp_path: Path, line: str, shown: str) -> None:
     path = tmp_path / "x.manifest"
