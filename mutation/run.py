@@ -269,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the statuses to this file")
     parser.add_argument("--budget", type=float, default=None,
                         help="stop a group's mutmut after this many seconds (default: none)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the table of the results in build/mutation, running nothing")
     parser.add_argument("--resume", action="store_true",
                         help="keep the results of an earlier (budgeted) run of the same groups "
                              "and try only the mutants it left; the tests must be unchanged")
@@ -287,8 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[str] = []
     start = time.monotonic()
     for group in chosen:
-        print(f"[{time.monotonic() - start:6.0f}s] {group.name}: mutmut over "
-              f"{', '.join(group.files)}", flush=True)
+        if not args.report:
+            print(f"[{time.monotonic() - start:6.0f}s] {group.name}: mutmut over "
+                  f"{', '.join(group.files)}", flush=True)
+        if args.report:
+            if (WORK / group.name / "mutants").is_dir():
+                results[group.name] = (_results(WORK / group.name, group), 0.0)
+            continue
         try:
             results[group.name] = run_group(group, args.jobs, args.budget, args.resume)
         except GroupFailed as error:
