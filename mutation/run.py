@@ -120,6 +120,16 @@ EQUIVALENT: dict[str, str] = {
     "pcamflow.data.manifests.xǁLocalManifestBuilderǁfingerprint__mutmut_[5-8]":
         "renames a key of the digested payload: the digest differs, but every fingerprint a run "
         "compares is made by the same code, so equal stays equal and different stays different",
+    "pcamflow.config.x__choices__mutmut_*":
+        "runs at import, when the settings classes are defined: before mutmut switches it on",
+    "pcamflow.config.xǁSettingsǁfrom_dict__mutmut_9":
+        "attrs.evolve(settings, source=None) when source is None: an equal object",
+    "pcamflow.config.xǁSettingsǁfrom_toml__mutmut_7":
+        "'UTF-8' for 'utf-8': Python's codec names are case-insensitive",
+    "pcamflow.config.xǁSettingsǁto_dict__mutmut_22":
+        "typing.cast(None, out): cast does nothing at run time",
+    "pcamflow.local.training.checkpoint.xǁCheckpointDirǁload__mutmut_[79]":
+        "weights_only=None or left out: torch (2.6 on, 2.13 pinned) then loads weights only",
     "pcamflow.data.manifests.x__scan__mutmut_20":
         "np.array([]).astype(int64) for np.zeros(0, int64): the same empty int64 array",
 }

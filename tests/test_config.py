@@ -324,3 +324,17 @@ def test_to_dict_leaves_out_where_the_settings_came_from(tmp_path):
     data = Settings.from_toml(path).to_dict()
     assert "source" not in data and data["pipeline"]["seed"] == 7
     assert isinstance(data, dict)
+
+
+def test_the_tune_checks_hold_at_their_bounds():
+    lr = {"type": "continuous", "min_value": 0.001, "max_value": 0.1}
+    tune = Settings.from_dict({"tune": {"max_jobs": 3, "max_parallel_jobs": 3,
+                                        "ranges": {"learning_rate": lr}}}).tune
+    assert tune.max_parallel_jobs == tune.max_jobs == 3
+    hyperband = Settings.from_dict({"tune": {"strategy": "Hyperband", "early_stopping": "Off",
+                                             "ranges": {"learning_rate": lr}}}).tune
+    assert hyperband.early_stopping == "Off"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_dict({"tune": {"strategy": "Hyperband", "early_stopping": "Auto",
+                                     "ranges": {"learning_rate": lr}}})
+    assert str(caught.value).endswith("trials itself")

@@ -76,10 +76,14 @@ def _registry_of(monkeypatch, *entries):
 
 def test_an_entry_whose_class_is_of_another_kind_is_a_failure_naming_it(monkeypatch):
     registry = _registry_of(
-        monkeypatch, ("trainer.solid", "pcamflow_example_plugin:SolidColourConverter"))
-    assert len(registry) == 0
-    assert registry.failures == {"trainer.solid": "pcamflow_example_plugin:SolidColourConverter "
-                                                  "(from unknown) is not a trainer stage class"}
+        monkeypatch, ("trainer.solid", "pcamflow_example_plugin:SolidColourConverter"),
+        ("trainer.plan", "pcamflow.plan:Plan"),  # a class, but no stage at all
+        ("converter.solid", "pcamflow_example_plugin:SolidColourConverter"))
+    assert [r.name for r in registry] == ["solid"]  # the entries after a failure still load
+    assert registry.failures["trainer.plan"] == (
+        "pcamflow.plan:Plan (from unknown) is not a trainer stage class")
+    assert registry.failures["trainer.solid"] == (
+        "pcamflow_example_plugin:SolidColourConverter (from unknown) is not a trainer stage class")
     with pytest.raises(PluginLoadError, match=r"^trainer 'solid' could not be loaded: "
                                               r"pcamflow_example_plugin:SolidColourConverter"):
         registry.get("trainer", "solid")

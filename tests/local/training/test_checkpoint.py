@@ -157,3 +157,17 @@ def test_another_runs_checkpoint_is_not_resumed(
     assert [h["epoch"] for h in ran.history] == [0, 1]
     assert _metrics(ran.history) == _metrics(whole[0])
     _assert_same(_weights(tmp_path / "shared"), whole[1])
+
+
+def test_a_checkpoint_goes_into_a_new_nested_folder_and_never_unpickles(tmp_path: Path) -> None:
+    import pickle
+
+    ckpt = CheckpointDir(tmp_path / "a" / "b")
+    ckpt.save(_module(), {"n": 1}, _state(0))
+    ckpt.save(_module(), {"n": 2}, _state(0))  # the same epoch again: the folder exists
+    assert CheckpointDir(tmp_path / "c" / "d").save_weights("w.safetensors", _module()).exists()
+    state = ckpt.read_state("run-a")
+    assert state is not None and ckpt.load(state, torch.nn.Linear(3, 2)) == {"n": 2}
+    torch.save({"n": _Stop()}, tmp_path / "a" / "b" / state["optimizer"])  # a pickled object
+    with pytest.raises(pickle.UnpicklingError):
+        ckpt.load(state, torch.nn.Linear(3, 2))
