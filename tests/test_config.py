@@ -34,24 +34,6 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
         ),
         ({"deploy": {"port": 70000}}, "deploy.port: 70000 is outside 0..65535"),
         (
-            {"tune": {"max_jobs": 2, "max_parallel_jobs": 3}},
-            "tune.max_parallel_jobs: 3 is greater than max_jobs (2)",
-        ),
-        (
-            {"tune": {"ranges": {"optimizer": {"type": "categorical", "values": ["sgd", "foo"]}}}},
-            "tune.ranges.optimizer: range value 'foo' is invalid",
-        ),
-        (
-            {
-                "tune": {
-                    "ranges": {
-                        "momentum": {"type": "continuous", "min_value": 0.9, "max_value": 0.1}
-                    }
-                }
-            },
-            "tune.ranges.momentum.min_value: 0.9 is greater than max_value 0.1",
-        ),
-        (
             {"train": {"epochs": 4, "checkpoint_frequency": 5}},
             "train.checkpoint_frequency: 5 is greater than epochs (4)",
         ),
@@ -66,6 +48,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
     ],
 )
 def test_a_bad_setting_is_an_error_naming_its_key(table, message):
+    # the [tune] checks are the tuner's tests (tests/local/tuning/test_tuner.py)
     with pytest.raises(ConfigError) as caught:
         Settings.from_dict(table)
     assert message in str(caught.value)
@@ -300,3 +283,58 @@ def test_every_choice_is_checked_when_a_class_is_built_in_code():
             cls(**kwargs)
         shown = ", ".join(str(c) for c in choices)
         assert str(caught.value) == f"{name}: 'nope' is not one of {shown}", cls
+
+
+# --- exact behaviour of the settings' own methods ---------------------------------------------
+
+
+def test_the_stage_names_are_in_pipeline_order_without_those_left_out():
+    settings = Settings.from_dict({"pipeline": {"converter": "sagemaker", "tuner": "local",
+                                                "evaluator": "none", "deployer": "local"}})
+    names = settings.pipeline.stage_names()
+    assert list(names.items()) == [("converter", "sagemaker"), ("manifest_builder", "local"),
+                                   ("tuner", "local"), ("trainer", "local"),
+                                   ("deployer", "local")]
+
+
+def test_a_download_url_must_be_an_http_template_naming_the_file():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_dict({"data": {"download_url": "ftp://x/{name}"}})
+    assert "data.download_url: 'ftp://x/{name}' is not an http:// or https:// URL" in str(
+        caught.value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_dict({"data": {"download_url": "https://x/file"}})
+    assert "data.download_url: 'https://x/file' holds no {name}" in str(caught.value)
+    url = "https://mirror.example/pcam/{name}"
+    assert Settings.from_dict({"data": {"download_url": url}}).data.download_url == url
+
+
+def test_a_settings_file_is_read_as_utf8_and_an_unreadable_one_is_named(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_bytes('[tracking]\nexperiment = "pcam-é"\n'.encode())
+    assert Settings.from_toml(path).tracking.experiment == "pcam-é"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_toml(tmp_path)  # a folder: it exists, but cannot be read
+    assert str(caught.value).startswith(f"{tmp_path}: cannot read settings file (")
+
+
+def test_to_dict_leaves_out_where_the_settings_came_from(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[pipeline]\nseed = 7\n")
+    data = Settings.from_toml(path).to_dict()
+    assert "source" not in data and data["pipeline"]["seed"] == 7
+    assert isinstance(data, dict)
+
+
+def test_the_tune_checks_hold_at_their_bounds():
+    lr = {"type": "continuous", "min_value": 0.001, "max_value": 0.1}
+    tune = Settings.from_dict({"tune": {"max_jobs": 3, "max_parallel_jobs": 3,
+                                        "ranges": {"learning_rate": lr}}}).tune
+    assert tune.max_parallel_jobs == tune.max_jobs == 3
+    hyperband = Settings.from_dict({"tune": {"strategy": "Hyperband", "early_stopping": "Off",
+                                             "ranges": {"learning_rate": lr}}}).tune
+    assert hyperband.early_stopping == "Off"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_dict({"tune": {"strategy": "Hyperband", "early_stopping": "Auto",
+                                     "ranges": {"learning_rate": lr}}})
+    assert str(caught.value).endswith("trials itself")

@@ -111,35 +111,81 @@ def test_unwritable_output_folder(pcam_dir: Path, tmp_path: Path) -> None:
     assert _jpegs(out) == before
 
 
+_STALLING_CONVERT = """
+import os, sys, time
+from pathlib import Path
+
+import pcamflow.data.convert as convert
+
+stalled_in, source, out = map(Path, sys.argv[1:4])
+write, written = convert.write_bytes_atomic, []
+
+def stall_after_ten(path, data):
+    # patches 0-255 (the first task) are written; a worker on any later task writes ten
+    # images, half of an eleventh, and waits to be killed
+    if int(path[-10:-4]) >= 256 and len(written) == 10:
+        folder, name = os.path.split(path)
+        Path(folder, f".{name}.{os.getpid()}.partial").write_bytes(data[: len(data) // 2])
+        (stalled_in / f"stalled-{os.getpid()}").touch()
+        time.sleep(600)
+    if int(path[-10:-4]) >= 256:
+        written.append(path)
+    write(path, data)
+
+convert.write_bytes_atomic = stall_after_ten  # the workers are forked: they inherit it
+convert.convert_pcam(source, out, splits=["train"], workers=2, task_size=256,
+                     verify_checksums=False, progress=False)
+"""
+
+
 def test_sigkill_mid_conversion_then_rerun_completes(tmp_path: Path) -> None:
     source = tmp_path / "pcam"
     write_synthetic_pcam(source, train=1200, valid=0, test=0, seed=5, progress=False)
-    out = tmp_path / "images"
-    command = [sys.executable, "-m", "pcamflow.cli", "-q", "convert", str(source), str(out),
-               "--splits", "train", "--workers", "2", "--no-verify"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    out, stalled = tmp_path / "images", tmp_path / "stalled"
+    stalled.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _STALLING_CONVERT, str(stalled), str(source), str(out)],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Killed once both workers wait in a task: one finished the first task (256 images) and
+    # went on to another, so the kill finds 256 + 10 + 10 images and two half-written ones.
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if sum(1 for _ in out.rglob("*.jpg")) >= 150:
-            break
+    while len(list(stalled.iterdir())) < 2:
+        assert process.poll() is None, process.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the workers never reached their stall"
         time.sleep(0.05)
-    assert process.poll() is None, "conversion ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)  # the command and its worker processes
     process.wait()
-    time.sleep(0.2)
     partial = _jpegs(out)  # every complete-named file decodes: no half-written JPEG
-    assert 150 <= len(partial) < 1200
+    assert len(partial) == 276
+    assert len(list(out.rglob("*.partial"))) == 2
+    command = [sys.executable, "-m", "pcamflow.cli", "-q", "convert", str(source), str(out),
+               "--splits", "train", "--workers", "2", "--no-verify"]
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     final = _jpegs(out)
     labels = _labels(source, "train")
     assert len(final) == 1200
+    assert all(final[name] == size for name, size in partial.items())  # kept, not redone
     for label in ("0", "1"):
         names = {Path(p).name for p in final if p.startswith(f"train/{label}/")}
         expected = {f"train_{i:06d}.jpg" for i in np.flatnonzero(labels == int(label))}
         assert names == expected
     assert not list(out.rglob("*.partial"))
+
+
+def test_a_jpeg_in_the_wrong_label_folder_is_replaced_on_resume(pcam_dir: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    whole = _jpegs(out)
+    labels = _labels(pcam_dir, "valid")
+    index = int(np.flatnonzero(labels == 1)[0])
+    right = out / "valid" / "1" / f"valid_{index:06d}.jpg"
+    wrong = out / "valid" / "0" / right.name
+    right.rename(wrong)  # as if written under the other label
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    assert not wrong.exists() and right.exists()
+    assert _jpegs(out) == whole
 
 
 # --- what the images were made from ---------------------------------------------------------

@@ -67,6 +67,29 @@ def test_max_per_class_caps_each_class(images: ImageDataset, tmp_path: Path) -> 
     assert Path(again.lst["train"]).read_text() == Path(result.lst["train"]).read_text()
 
 
+def test_max_per_class_keeps_a_seeded_sample_not_the_first_images(
+    images: ImageDataset, tmp_path: Path
+) -> None:
+    def kept(seed: int, shuffle: bool = True) -> dict[int, list[int]]:
+        out = tmp_path / f"{seed}-{shuffle}"
+        result = build_manifests(images, out, seed=seed, shuffle=shuffle, max_per_class=5,
+                                 progress=False)
+        by_label: dict[int, list[int]] = {0: [], 1: []}
+        for uri, label in read_manifest(result.manifests["train"]):
+            by_label[label].append(int(Path(uri).stem.split("_")[1]))
+        return {label: sorted(found) for label, found in by_label.items()}
+
+    labels = {label: sorted(int(p.stem.split("_")[1])
+                            for p in (Path(images.root) / "train" / str(label)).glob("*.jpg"))
+              for label in (0, 1)}
+    assert kept(0, shuffle=False) == {label: found[:5] for label, found in labels.items()}
+    sample = kept(0)
+    assert sample != kept(0, shuffle=False)  # not the first five
+    assert sample == kept(0) and sample != kept(1)  # the same for a seed, another for another
+    for label, found in sample.items():
+        assert len(found) == 5 and set(found) <= set(labels[label])
+
+
 def test_missing_image_is_reported_by_folder(images: ImageDataset, tmp_path: Path) -> None:
     root = tmp_path / "copy"
     shutil.copytree(images.root, root)

@@ -19,6 +19,7 @@ from pcamflow.config import Settings
 from pcamflow.data._files import pcam_name
 from pcamflow.data.convert import LocalConverter
 from pcamflow.data.manifests import LocalManifestBuilder, read_manifest
+from pcamflow.errors import DataError
 from pcamflow.pipeline import Pipeline
 from pcamflow.registry import Registry
 from pcamflow.testing import check_stage
@@ -56,11 +57,20 @@ def test_pipeline_converts_then_builds_manifests(pcam_dir: Path, tmp_path: Path)
     assert all(uri.startswith("file://") for uri, _ in read_manifest(manifests.manifests["test"]))
     again = pipeline.run(settings)  # complete: nothing runs again
     assert again.ran == ()
+    # the seed picks the capped subset and orders the lines: another seed builds them again
+    reseeded = _settings(pcam_dir, tmp_path / "run", convert={"workers": 1},
+                         manifests={"max_per_class": 6}, pipeline={
+                             "run_dir": str(tmp_path / "run"), "seed": 5, "trainer": "none",
+                             "evaluator": "none"})
+    first = read_manifest(manifests.manifests["train"])
+    third = pipeline.run(reseeded)
+    assert third.ran == ("manifests",)
+    assert read_manifest(third.records["manifests"].load_artifact().manifests["train"]) != first
 
 
 def test_converter_validate_names_the_setting(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "nowhere", tmp_path / "run")
-    with pytest.raises(Exception, match=r"data.source: .*nowhere is not a folder"):
+    with pytest.raises(DataError, match=r"data.source: .*nowhere is not a folder"):
         Pipeline.from_settings(settings, Registry.from_entry_points()).run(settings)
 
 

@@ -80,7 +80,8 @@ def s3_manifests(clients: Any, count: int = 8, prefix: str = "") -> Any:
 
     Args:
         clients: the AwsClients (or an emulator's).
-        count: images per split, classes alternating.
+        count: images in the train split, classes alternating; valid has ``count - 2`` (at
+            least 2) and test ``count + 2``, so that a count taken from the wrong split shows.
         prefix: a key prefix, to keep one test's objects apart from another's.
     """
     import json
@@ -88,17 +89,18 @@ def s3_manifests(clients: Any, count: int = 8, prefix: str = "") -> Any:
 
     from pcamflow.artifacts import Manifests
 
+    sizes = {"train": count, "valid": max(2, count - 2), "test": count + 2}
     uris, counts = {}, {}
-    for split in ("train", "valid", "test"):
+    for split, size in sizes.items():
         lines = []
-        for i in range(count):
+        for i in range(size):
             key = f"{prefix}images/{split}/{i % 2}/{split}_{i:06d}.jpg"
             body = patch_jpeg(i % 2, zlib.crc32(key.encode()))
             clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
             lines.append(json.dumps({"source-ref": f"s3://{BUCKET}/{key}", "class": str(i % 2)}))
         key = f"{prefix}manifests/{split}.manifest"
         clients.s3.put_object(Bucket=BUCKET, Key=key, Body="\n".join(lines) + "\n")
-        uris[split], counts[split] = f"s3://{BUCKET}/{key}", count
+        uris[split], counts[split] = f"s3://{BUCKET}/{key}", size
     return Manifests(manifests=uris, counts=counts, image_root=f"s3://{BUCKET}/{prefix}images")
 
 

@@ -72,11 +72,11 @@ def test_a_batch_transform_scores_the_model_into_the_report(
 
     assert isinstance(evaluation, Evaluation) and Path(evaluation.report).exists()
     scores, labels = _scores(evaluation)
-    assert labels == [0, 1] * 4
+    assert labels == [0, 1] * 5  # the helper's test split holds count + 2 images
     expected = _expected_scores(shared_local, model_uri, manifests, tmp_path)
     assert scores == pytest.approx(expected, abs=1e-5)
     document = json.loads(Path(evaluation.metrics_file).read_text())
-    accuracy = sum((s >= 0.5) == bool(y) for s, y in zip(scores, labels, strict=True)) / 8
+    accuracy = sum((s >= 0.5) == bool(y) for s, y in zip(scores, labels, strict=True)) / 10
     assert document["results"]["plain@0.5"]["accuracy"] == pytest.approx(accuracy)
 
     jobs = clients.sagemaker.list_transform_jobs()["TransformJobSummaries"]
@@ -109,7 +109,8 @@ def test_a_failed_transform_raises_and_still_deletes_the_model(
                           Body=b"not an image")
     context = context_for(settings_for(tmp_path), clients, "evaluate",
                           {"manifests": manifests, "train": ModelArtifact(uri=model_uri)})
-    with pytest.raises(JobFailedError, match=r"ClientError: 1 of 4 objects failed, e\.g\. "
+    # the test split holds count + 2 = 6 images
+    with pytest.raises(JobFailedError, match=r"ClientError: 1 of 6 objects failed, e\.g\. "
                                              r"s3://.*/test_000003\.jpg"):
         SageMakerEvaluator(progress=False).run(context)
     assert clients.sagemaker.list_models()["Models"] == []
@@ -137,7 +138,7 @@ def test_evaluation_via_an_endpoint_scores_the_given_model_on_a_temporary_endpoi
     scores, labels = _scores(evaluation)
     assert scores == pytest.approx(_expected_scores(shared_local, model_uri, manifests,
                                                     tmp_path), abs=1e-5)
-    assert labels == [0, 1, 0, 1]
+    assert labels == [0, 1] * 3  # the helper's test split holds count + 2 images
     sm = clients.sagemaker
     assert sm.list_endpoints()["Endpoints"] == []  # the temporary endpoint is gone
     assert sm.list_endpoint_configs()["EndpointConfigs"] == []

@@ -13,15 +13,20 @@ from pcamflow.local.model.archive import ModelMeta, save_model_archive
 from pcamflow.local.model.resnet import architecture_name, build_model
 
 
-def make_archive(path: Path, num_layers: int = 20, seed: int = 0) -> Path:
-    """A ``model.tar.gz`` holding an untrained ResNet, written by ``save_model_archive``."""
+def make_archive(path: Path, num_layers: int = 20, seed: int = 0, channels: int = 3) -> Path:
+    """A ``model.tar.gz`` holding an untrained ResNet, written by ``save_model_archive``
+    (``channels=1``: a greyscale model)."""
     torch.manual_seed(seed)
-    module = build_model(num_layers, num_classes=2)
+    module = build_model(num_layers, num_classes=2, channels=channels)
     meta = ModelMeta(
         architecture=architecture_name(num_layers),
         num_layers=num_layers,
         num_classes=2,
-        hyperparameters={"num_layers": str(num_layers)},
+        image_shape=(channels, 96, 96),
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        hyperparameters={"num_layers": str(num_layers),
+                         "image_shape": f"{channels},96,96"},
     )
     return save_model_archive(path, module, meta)
 

@@ -99,6 +99,35 @@ def test_the_batch_form_answers_a_list_of_lists(model, client) -> None:
     np.testing.assert_allclose(one.json(), answer[:1], rtol=1e-5, atol=1e-6)
 
 
+def test_a_fortran_order_npy_gets_the_answer_of_its_c_order_twin(model, client) -> None:
+    images = np.stack([patch(seed) for seed in range(3)])
+    fortran = np.asfortranarray(images)
+    assert npy(fortran) != npy(images)  # the header says fortran_order, the bytes differ
+    reply = client.post("/invocations", content=npy(fortran), headers=NPY)
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(reply.json(), expected(model, list(images)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_grey_model_is_sent_the_luma_of_each_image(tmp_path) -> None:
+    """A model trained on grey images (image_shape 1,96,96) answers for Pillow's "L" image:
+    ITU-R 601-2 luma, L = R * 299/1000 + G * 587/1000 + B * 114/1000."""
+    from PIL import Image
+
+    grey = load_model_archive(make_archive(tmp_path / "grey.tar.gz", channels=1))
+    body = encode(patch(4), "PNG")
+    luma = np.asarray(Image.fromarray(patch(4)).convert("L"))[None, ..., None]
+    with ServerThread(create_app(grey, name="grey")) as running, \
+            httpx.Client(base_url=running.url, timeout=30) as http:
+        one = http.post("/invocations", content=body, headers={"Content-Type": "image/png"})
+        batch = http.post("/invocations", content=npy(np.stack([patch(4), patch(5)])),
+                          headers=NPY)
+    assert one.status_code == 200, one.text
+    want = grey.predict_images(luma)[0]
+    np.testing.assert_allclose(one.json(), want, rtol=1e-4, atol=1e-5)
+    assert batch.status_code == 200, batch.text
+    np.testing.assert_allclose(batch.json()[0], want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("fmt", "content_type"),
     [("JPEG", "image/png"), ("PNG", "image/jpeg"), ("PNG", "application/x-image")],

@@ -61,13 +61,44 @@ def fake_train(manifests, hyperparameters, extensions, out_dir, *, seed=0,
 
 def by_trial_number(manifests, hyperparameters, extensions, out_dir, *, seed=0,
                     epoch_callback=None, progress=True):
-    """Each later trial is worse at every epoch (trial 0 best), to make pruning certain."""
+    """Each later trial is worse at every epoch (trial 0 best), to make pruning certain.
+
+    Every epoch it reports is logged to ``reported.log`` (trial, epoch) before the report.
+    """
     _log_call(out_dir, hyperparameters)
     value = 0.9 - 0.1 * int(Path(out_dir).name)
     for epoch in range(hyperparameters.epochs):
+        with open(_stage(out_dir) / "reported.log", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"trial": Path(out_dir).name, "epoch": epoch}) + "\n")
         if epoch_callback is not None:
             epoch_callback(epoch, {"validation:accuracy": value})
     return _finish(out_dir, value)
+
+
+def in_parallel(manifests, hyperparameters, extensions, out_dir, *, seed=0,
+                epoch_callback=None, progress=True):
+    """Like :func:`fake_train`, and logs its process id and whether another trial was running.
+
+    A trial marks itself running, then waits (up to 30 s) for another trial's mark: trials that
+    run one after another never see one, so ``overlapped`` is false for the first of them.
+    """
+    import os
+
+    stage = _stage(out_dir)
+    mine = stage / f"running-{Path(out_dir).name}"
+    mine.touch()
+    deadline = time.monotonic() + 30
+    while not (overlapped := any(p != mine for p in stage.glob("running-*"))):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    with open(stage / "workers.log", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"pid": os.getpid(), "overlapped": overlapped}) + "\n")
+    result = fake_train(manifests, hyperparameters, extensions, out_dir, seed=seed,
+                        epoch_callback=epoch_callback, progress=progress)
+    time.sleep(0.1)  # the next trial sees this one still running
+    mine.unlink()
+    return result
 
 
 def failing_for_sgd(manifests, hyperparameters, extensions, out_dir, *, seed=0,

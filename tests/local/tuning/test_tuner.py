@@ -17,6 +17,7 @@ from _tuner_fakes import (
     by_trial_number,
     failing_for_sgd,
     fake_train,
+    in_parallel,
     outlives_the_grace_period,
 )
 
@@ -121,8 +122,19 @@ def test_hyperband_reports_every_epoch_and_finishes(tmp_path):
     result = run_tuner(settings, by_trial_number)
     table = rows(tmp_path / "tune")
     assert len(table) == 5
-    assert {r["state"] for r in table} <= {"COMPLETE", "PRUNED"}
-    assert all(1 <= int(r["epochs"]) <= 4 for r in table)
+    states = [r["state"] for r in table]
+    assert set(states) == {"COMPLETE", "PRUNED"}  # Hyperband stopped some trials early
+    reported = [json.loads(line)
+                for line in (tmp_path / "tune" / "reported.log").read_text().splitlines()]
+    for row in table:
+        epochs = [r["epoch"] for r in reported if int(r["trial"]) == int(row["trial"])]
+        # every epoch up to where the trial stopped was reported, in order, none skipped
+        assert epochs == list(range(int(row["epochs"])))
+        if row["state"] == "COMPLETE":
+            assert epochs == [0, 1, 2, 3]
+        else:
+            assert len(epochs) < 4
+            assert row["note"].startswith(f"pruned after epoch {epochs[-1]} ")
     assert result.best_value == pytest.approx(0.9)
 
 
@@ -149,11 +161,16 @@ def test_parallel_trials_run_in_worker_processes(tmp_path):
     settings = make_settings(tmp_path, {"strategy": "Random", "max_jobs": 4,
                                         "max_parallel_jobs": 2,
                                         "ranges": {"learning_rate": LR, "optimizer": OPT}})
-    result = run_tuner(settings)
+    result = run_tuner(settings, in_parallel)
     made = calls(tmp_path / "tune")
     assert len(made) == 4
     assert len({(c["learning_rate"], c["optimizer"]) for c in made}) == 4
     assert [r["state"] for r in rows(tmp_path / "tune")] == ["COMPLETE"] * 4
+    workers = [json.loads(line)
+               for line in (tmp_path / "tune" / "workers.log").read_text().splitlines()]
+    pids = {w["pid"] for w in workers}
+    assert os.getpid() not in pids and len(pids) == 2  # two worker processes, not this one
+    assert all(w["overlapped"] for w in workers)  # each trial ran beside another
     assert result.best_value is not None
 
 
