@@ -2,7 +2,7 @@
 
 The demo's model (ResNet-20 on 48x48 inputs, 2,000 training patches, 4 epochs) scores a test
 AUC in the mid 0.90s on it, as good models do on the real PCam. That takes minutes; the test
-below trains a smaller version (1,000 patches at 40x40, 3 epochs: tens of seconds) whose AUC
+below trains a smaller version (1,000 patches at 40x40, 5 epochs: tens of seconds) whose AUC
 lands lower, and holds it to a band: if the generator drifted back towards the easy task
 (AUC 1.000) or became unlearnable, the short training would leave the band.
 """
@@ -20,10 +20,13 @@ from pcamflow.hyperparameters import Hyperparameters, LocalExtensions
 from pcamflow.local.model.archive import load_model_archive
 from pcamflow.local.training.trainer import train_model
 
-SHORT = Hyperparameters(num_layers=20, image_shape="3,40,40", resize=40, epochs=3,
+SHORT = Hyperparameters(num_layers=20, image_shape="3,40,40", resize=40, epochs=5,
                         mini_batch_size=32, optimizer="adam", learning_rate=0.003)
 BAND = (0.80, 0.97)
-"""The short training's test AUC on the default difficulty (measured: 0.88)."""
+"""The short training's test AUC on the default difficulty (measured: 0.92 with seed 0, 0.97
+with seed 1). Five epochs, because on this task the validation accuracy that picks the kept
+epoch can sit at 0.5 for the first three or four (measured: 0.505, 0.500, 0.500, 0.535, 0.855)
+while the training accuracy climbs."""
 
 
 @pytest.mark.slow
