@@ -47,6 +47,9 @@ PRETRAINED_LAYERS = (18, 34, 50, 101, 152, 200)
 """Depths that have a pretrained network (transfer learning)."""
 MAX_CLASSES = 2**31 - 1
 """The most classes a classifier may have (a 32-bit label; beyond it torch cannot size a layer)."""
+MAX_EPOCHS = 1_000_000
+"""The most epochs a run may ask for: far beyond any real run, and small enough that every
+epoch's random seed (``seed * 1000 + epoch``) fits the 64-bit seeds torch and numpy take."""
 
 Optimizer = Literal["sgd", "adam", "rmsprop", "nag"]
 AugmentationType = Literal["crop", "crop_color", "crop_color_transform"]
@@ -117,7 +120,7 @@ class Hyperparameters:
     num_training_samples: int | None = attrs.field(default=None, validator=optional(_COUNT))
     image_shape: str = attrs.field(default="3,96,96", validator=[STRING, _image_shape])
     num_layers: int = attrs.field(default=152, validator=[INTEGER, in_(NUM_LAYERS)])
-    epochs: int = attrs.field(default=30, validator=_COUNT)
+    epochs: int = attrs.field(default=30, validator=[*_COUNT, le(MAX_EPOCHS)])
     mini_batch_size: int = attrs.field(default=32, validator=_COUNT)
     learning_rate: float = attrs.field(default=0.1, validator=[NUMBER, gt(0.0), le(1.0)])
     lr_scheduler_step: str | None = attrs.field(default=None, validator=optional([STRING, _steps]))
