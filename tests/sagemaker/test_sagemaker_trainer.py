@@ -205,8 +205,9 @@ def test_a_failed_job_raises_with_its_failure_reason(local: Any, tmp_path: Path)
     assert "train_000001.jpg" in str(caught.value)
 
 
-def _ctrl_c_after_the_job_starts(local: Any) -> None:
-    """Press Ctrl-C (SIGINT to the main thread) a moment after the training job is created."""
+def _ctrl_c_after_the_job_starts(local: Any, delay: float = 0.3) -> None:
+    """Press Ctrl-C (SIGINT to the main thread) ``delay`` seconds after the training job is
+    created."""
     import _thread
     import threading
 
@@ -215,7 +216,7 @@ def _ctrl_c_after_the_job_starts(local: Any) -> None:
     def created(**kwargs: Any) -> None:
         if not pressed:  # once: clients keep the hooks they were made with
             pressed.append(True)
-            threading.Timer(0.3, _thread.interrupt_main).start()
+            threading.Timer(delay, _thread.interrupt_main).start()
 
     local.session.events.register_first("after-call.sagemaker.CreateTrainingJob", created)
 
@@ -240,7 +241,9 @@ def test_ctrl_c_left_running_is_attached_to_by_a_rerun(local: Any, tmp_path: Pat
 
 def test_ctrl_c_can_stop_the_job(local: Any, tmp_path: Path) -> None:
     clients = local.clients()
-    settings = settings_for(tmp_path, train={"epochs": 3})
+    # enough epochs (some 50 ms each on a quiet machine) that the job is still training when
+    # StopTrainingJob comes, which ends it after the epoch under way
+    settings = settings_for(tmp_path, train={"epochs": 200})
     context = context_for(settings, clients, "train", {"manifests": s3_manifests(clients)})
     _ctrl_c_after_the_job_starts(local)
     with pytest.raises(KeyboardInterrupt):

@@ -82,9 +82,13 @@ def algorithm_image(region: str) -> str:
 
 
 def job_name(prefix: str, kind: str, when: dt.datetime | None = None) -> str:
-    """A unique-in-time SageMaker name: ``<prefix>-<kind>-<yymmdd-hhmmss>``, within limits."""
+    """A unique-in-time SageMaker name: ``<prefix>-<kind>-<yymmdd-hhmmss-mmm>``, within limits.
+
+    The milliseconds keep two jobs of one run apart when the second follows the first within a
+    second (a re-run right after a stopped job), which AWS refuses as ``ResourceInUse``.
+    """
     when = when or dt.datetime.now(dt.timezone.utc)
-    stamp = when.strftime("%y%m%d-%H%M%S")
+    stamp = f"{when:%y%m%d-%H%M%S}-{when.microsecond // 1000:03d}"
     base = re.sub(r"[^a-zA-Z0-9]+", "-", prefix).strip("-") or "pcamflow"
     limit = _NAME_LIMITS.get(kind, 63)
     room = limit - len(kind) - len(stamp) - 2
