@@ -223,7 +223,9 @@ def _ctrl_c_after_the_job_starts(local: Any, delay: float = 0.3) -> None:
 
 def test_ctrl_c_left_running_is_attached_to_by_a_rerun(local: Any, tmp_path: Path) -> None:
     clients = local.clients()
-    settings = settings_for(tmp_path, train={"epochs": 2})
+    # enough epochs (some 50 ms each on a quiet machine) that the job has not ended when Ctrl-C
+    # comes: a job that ended first would leave nothing to interrupt
+    settings = settings_for(tmp_path, train={"epochs": 40})
     context = context_for(settings, clients, "train", {"manifests": s3_manifests(clients)})
     questions: list[str] = []
     trainer = SageMakerTrainer(progress=False, ask=lambda q: questions.append(q) or False)
