@@ -208,6 +208,24 @@ def test_more_max_jobs_continues_the_same_study(tmp_path):
     assert len({c["learning_rate"] for c in calls(tmp_path / "tune")}) == 3
 
 
+
+def _wait_for(process: subprocess.Popen, files: list[Path], what: str,
+              seconds: float = 300) -> None:
+    """Wait until every file of ``files`` exists while ``process`` runs. On a busy machine the
+    spawned workers take long to import torch: the limit is generous, and a process that
+    misses it is stopped and its output shown, with the stage folder's files."""
+    deadline = time.monotonic() + seconds
+    while not all(f.exists() for f in files):
+        assert process.poll() is None, process.stderr.read().decode()
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            there = sorted(p.name for p in files[0].parent.iterdir())
+            raise AssertionError(f"{what} in {seconds:.0f} s; in the stage folder: {there}; "
+                                 f"the process said:\n{process.stderr.read().decode()[-3000:]}")
+        time.sleep(0.1)
+
+
 def test_a_killed_run_resumes_without_repeating_finished_trials(tmp_path):
     stage = tmp_path / "tune"
     stage.mkdir()
@@ -223,11 +241,7 @@ def test_a_killed_run_resumes_without_repeating_finished_trials(tmp_path):
     process = subprocess.Popen([sys.executable, str(script)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not (stage / "hanging-3").exists():
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the tuning process never reached trial 3"
-            time.sleep(0.1)
+        _wait_for(process, [stage / "hanging-3"], "the tuning process never reached trial 3")
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
@@ -267,11 +281,8 @@ def test_a_killed_parallel_run_retries_the_trials_its_workers_were_running(tmp_p
     process = subprocess.Popen([sys.executable, str(script)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not ((stage / "hanging-1").exists() and (stage / "hanging-2").exists()):
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the workers never started their trials"
-            time.sleep(0.1)
+        _wait_for(process, [stage / "hanging-1", stage / "hanging-2"],
+                  "the workers never started their trials")
         process.send_signal(signal.SIGKILL)  # its workers exit on their own
     finally:
         process.wait(timeout=30)
