@@ -130,6 +130,19 @@ EQUIVALENT: dict[str, str] = {
         "typing.cast(None, out): cast does nothing at run time",
     "pcamflow.local.training.checkpoint.xǁCheckpointDirǁload__mutmut_[79]":
         "weights_only=None or left out: torch (2.6 on, 2.13 pinned) then loads weights only",
+    "pcamflow.data.convert.x__claim__mutmut_2[24679]":
+        "how the record is written: its indentation (json.loads reads the same object back) or "
+        "the encoding of ASCII text (json.dumps escapes everything else)",
+    "pcamflow.data.convert.x__record_problem__mutmut_[57]":
+        "reads the record, ASCII text (json.dumps escapes everything else), in the locale's "
+        "encoding or in 'UTF-8' spelt in capitals: the same text",
+    "pcamflow.data.convert.x__whole_jpeg__mutmut_19":
+        "read(None) two bytes before the end of the file returns the same two bytes as read(2)",
+    "pcamflow.data.convert.x__whole_jpeg__mutmut_20":
+        "read(3) two bytes before the end of the file returns the same two bytes as read(2)",
+    "pcamflow.data.convert.x__existing__mutmut_[6-9]":
+        "what a missing folder gives: convert_pcam makes every label folder before it looks "
+        "into one, so the branch is never taken",
     "pcamflow.data.manifests.x__scan__mutmut_20":
         "np.array([]).astype(int64) for np.zeros(0, int64): the same empty int64 array",
 }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +19,9 @@ import pytest
 from PIL import Image
 
 from pcamflow.data._files import pcam_name
-from pcamflow.data.convert import convert_pcam
+from pcamflow.data.convert import RECORD, convert_pcam
 from pcamflow.data.synth import write_synthetic_pcam
-from pcamflow.errors import DataError
+from pcamflow.errors import ChecksumError, DataError
 
 
 def _labels(source: Path, split: str) -> np.ndarray:
@@ -284,3 +287,116 @@ def test_a_truncated_jpeg_is_made_again(pcam_dir: Path, tmp_path: Path) -> None:
     empty.write_bytes(b"")
     convert_pcam(pcam_dir, out, splits=["test"], workers=2, progress=False)
     assert _jpegs(out) == whole  # decodes, and the same size as made the first time
+
+
+def test_quality_is_one_to_a_hundred_and_95_by_default(pcam_dir: Path, tmp_path: Path) -> None:
+    for quality in (-1, 0, 101):
+        with pytest.raises(DataError, match=rf"convert\.quality: {quality} is outside 1\.\.100"):
+            convert_pcam(pcam_dir, tmp_path / f"q{quality}", splits=["test"], quality=quality,
+                         progress=False)
+        assert not (tmp_path / f"q{quality}").exists()  # refused before anything is written
+    for quality in (1, 100):
+        dataset = convert_pcam(pcam_dir, tmp_path / f"q{quality}", splits=["test"],
+                               quality=quality, workers=1, progress=False)
+        assert dataset.total() == 32
+        record = json.loads((tmp_path / f"q{quality}" / "test" / RECORD).read_text())
+        assert record["quality"] == quality
+    convert_pcam(pcam_dir, tmp_path / "default", splits=["test"], workers=1, progress=False)
+    record = json.loads((tmp_path / "default" / "test" / RECORD).read_text())
+    assert record["quality"] == 95
+    assert record["format"] == 1
+    assert record["from"] == str(pcam_dir / pcam_name("test", "x"))
+    assert record["patches"] == 32
+
+
+def test_the_counts_follow_the_labels_when_the_classes_are_unequal(pcam_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    source = tmp_path / "pcam"  # a dataset of one's own, named like PCam's valid split
+    source.mkdir()
+    with h5py.File(pcam_dir / pcam_name("valid", "x"), "r") as f:
+        x = f["x"][...]
+    y = np.zeros((32, 1, 1, 1), dtype=np.uint8)
+    y[:5] = 1  # 5 tumour patches, 27 normal
+    for key, data in (("x", x), ("y", y)):
+        with h5py.File(source / pcam_name("valid", key), "w") as f:  # no synthetic marker
+            f.create_dataset(key, data=data)
+    with pytest.raises(ChecksumError, match="holds 32 patches, not 32768"):
+        convert_pcam(source, tmp_path / "images", splits=["valid"], workers=1, progress=False)
+    assert not (tmp_path / "images").exists()  # checked by default, before anything is made
+    dataset = convert_pcam(source, tmp_path / "images", splits=["valid"], workers=1,
+                           verify_checksums=False, progress=False)
+    assert dataset.counts == {"valid": {"0": 27, "1": 5}}
+    assert len(list((tmp_path / "images" / "valid" / "1").glob("*.jpg"))) == 5
+
+
+def test_other_files_in_a_new_output_folder_are_neither_counted_nor_touched(
+    pcam_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "images"
+    (out / "valid" / "0").mkdir(parents=True)  # no record: a folder of the user's
+    others = [out / "valid" / "0" / name
+              for name in ("notes_0001.txt", "valid_notes.jpg", "valid_0001.png",
+                           "valid_0001a.jpg", "README")]
+    for path in others:
+        path.write_text("mine")
+    dataset = convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    assert dataset.total() == 32
+    assert all(path.read_text() == "mine" for path in others)
+
+
+def test_images_past_the_end_of_the_split_are_removed_on_resume(pcam_dir: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    whole = _jpegs(out)
+    some = out / sorted(whole)[0]
+    stale = [some.with_name(f"valid_{index:06d}.jpg") for index in (32, 47, 120)]
+    for path in stale:  # as left by a larger dataset of the same record (32 patches here)
+        shutil.copy(some, path)
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    assert not any(path.exists() for path in stale)
+    assert _jpegs(out) == whole
+
+
+def test_a_refusal_says_what_the_images_were_made_from_and_what_from_now(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_synthetic_pcam(first, train=0, valid=20, test=0, seed=1, progress=False)
+    write_synthetic_pcam(second, train=0, valid=24, test=0, seed=2, progress=False)
+    out = tmp_path / "images"
+    convert_pcam(first, out, splits=["valid"], workers=1, progress=False)
+    old = json.loads((out / "valid" / RECORD).read_text())
+    with pytest.raises(DataError) as error:
+        convert_pcam(second, out, splits=["valid"], workers=1, progress=False)
+    message = str(error.value)
+    assert f"other data than {second / pcam_name('valid', 'x')} " in message
+    assert f"(20 patches, fingerprint {old['source']}; now 24 patches, fingerprint " in message
+    assert "set convert.reconvert = true (pcamflow convert --reconvert)" in message
+    with caplog.at_level(logging.WARNING, logger="pcamflow"):
+        convert_pcam(second, out, splits=["valid"], workers=1, reconvert=True, progress=False)
+    warning = next(r.getMessage() for r in caplog.records if "making them again" in r.message)
+    assert warning.startswith(f"{out / 'valid'}: its images were made from other data than ")
+    assert json.loads((out / "valid" / RECORD).read_text())["patches"] == 24
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    ("{not json", r"record \.pcamflow-images\.json cannot be read"),
+    ("[1, 2]", r"record \.pcamflow-images\.json is not a JSON object"),
+    (None, r"record \.pcamflow-images\.json is of format 2; this version of pcamflow writes "
+           r"and reads format 1"),
+])
+def test_a_record_it_cannot_read_stops_the_conversion(pcam_dir: Path, tmp_path: Path,
+                                                      record: str | None, expected: str) -> None:
+    out = tmp_path / "images"
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    whole = _jpegs(out)
+    path = out / "valid" / RECORD
+    if record is None:  # a record of a later format
+        record = json.dumps({**json.loads(path.read_text()), "format": 2})
+    path.write_text(record)
+    with pytest.raises(DataError, match=expected):
+        convert_pcam(pcam_dir, out, splits=["valid"], workers=1, progress=False)
+    assert _jpegs(out) == whole and path.read_text() == record
+    convert_pcam(pcam_dir, out, splits=["valid"], workers=1, reconvert=True, progress=False)
+    assert json.loads(path.read_text())["format"] == 1

@@ -150,17 +150,21 @@ RECORD = ".pcamflow-images.json"
 
 def _record_problem(folder: Path, wanted: dict[str, object]) -> str | None:
     """Why the images in ``folder`` cannot be kept for ``wanted``, or None if they can."""
+    record = folder / RECORD
     try:
-        found = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        found = json.loads(record.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        found = None
-    except (OSError, ValueError):
-        found = {}
-    if found is None:
         count = sum(len(_existing(folder / label, folder.name)[0]) for label in LABELS)
         if count == 0:
             return None
         return f"holds {count} images with no record of what they were made from"
+    except (OSError, ValueError) as error:
+        return f"its record {record.name} cannot be read ({error})"
+    if not isinstance(found, dict):
+        return f"its record {record.name} is not a JSON object"
+    if found.get("format") != wanted["format"]:
+        return (f"its record {record.name} is of format {found.get('format')!r}; this "
+                f"version of pcamflow writes and reads format {wanted['format']}")
     if found.get("source") != wanted["source"] or found.get("patches") != wanted["patches"]:
         return (f"its images were made from other data than {wanted['from']} "
                 f"({found.get('patches')} patches, fingerprint {found.get('source')}; now "
