@@ -88,6 +88,11 @@ def test_max_per_class_keeps_a_seeded_sample_not_the_first_images(
     assert sample == kept(0) and sample != kept(1)  # the same for a seed, another for another
     for label, found in sample.items():
         assert len(found) == 5 and set(found) <= set(labels[label])
+    # a cap one under a class's size: a sample without repeats, every line a different image
+    cap = min(len(found) for found in labels.values()) - 1
+    nearly = build_manifests(images, tmp_path / "nearly", max_per_class=cap, progress=False)
+    uris = [uri for uri, _ in read_manifest(nearly.manifests["train"])]
+    assert len(uris) == len(set(uris)) == 2 * cap
 
 
 def test_missing_image_is_reported_by_folder(images: ImageDataset, tmp_path: Path) -> None:

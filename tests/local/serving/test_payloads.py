@@ -12,6 +12,8 @@ import asyncio
 import base64
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -114,9 +116,78 @@ def test_grey_palette_and_transparent_images_become_rgb() -> None:
     assert decode_image(encode(half, "PNG"), "image/png")[0, 0].tolist() == [127, 127, 127]
     palette = Image.new("P", (3, 3), 1)
     palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    palette.putpixel((2, 2), 0)  # the transparent entry
+    decoded = decode_image(_png(palette, transparency=0), "image/png")
+    assert decoded[0, 0].tolist() == [10, 20, 30] and decoded[2, 2].tolist() == [255] * 3
+    # a transparent colour of a grey or RGB PNG (its tRNS chunk) is transparency too
+    grey = Image.fromarray(np.array([[7, 8], [8, 9]], dtype=np.uint8))
+    decoded = decode_image(_png(grey, transparency=8), "image/png")
+    assert decoded[..., 0].tolist() == [[7, 255], [255, 9]]
+    rgb = Image.fromarray(np.array([[[1, 2, 3], [4, 5, 6]]], dtype=np.uint8))
+    decoded = decode_image(_png(rgb, transparency=(4, 5, 6)), "image/png")
+    assert decoded.tolist() == [[[1, 2, 3], [255, 255, 255]]]
+    assert decode_image(_png(rgb), "image/png").tolist() == [[[1, 2, 3], [4, 5, 6]]]
+
+
+def _png(image: Image.Image, **options: object) -> bytes:
     buffer = io.BytesIO()
-    palette.save(buffer, "PNG", transparency=0)
-    assert decode_image(buffer.getvalue(), "image/png")[0, 0].tolist() == [10, 20, 30]
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that says it is of that size: its signature, IHDR (8-bit RGB), an IDAT with
+    no pixels in it, IEND. Opening it reads the size; decoding would fail."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                                 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_an_image_pillow_itself_will_not_open_is_too_large() -> None:
+    # 20,000 x 20,000 is over Pillow's own limit (twice Image.MAX_IMAGE_PIXELS); with our
+    # limit raised above it, Pillow's refusal is the one that answers
+    message = _message(decode_image, _png_header(20_000, 20_000), "image/png",
+                       max_pixels=10**9)
+    assert message.startswith("the image is too large to decode: ")
+    assert "400000000 pixels" in message
+
+
+def test_the_body_is_decoded_with_its_limits_and_its_type() -> None:
+    images = np.zeros((3, 4, 5, 3), dtype=np.uint8)
+    assert _message(decode_body, npy(images), "application/x-npy", max_images=2) == (
+        "the .npy array holds 3 images; the most in one request is 2")
+    assert _message(decode_body, npy(images), "application/x-npy", max_pixels=59).endswith(
+        "60 pixels in all; the most decoded for one request is 59 pixels")
+    assert _message(decode_body, npy(images), "application/x-npy", min_size=(5, 5)).startswith(
+        "the image is 5x4 pixels, smaller than the model's 5x5 input")
+    png = encode(patch(0, size=8), "PNG")
+    assert _message(decode_body, png, "image/png", max_pixels=63).startswith(
+        "the image is 8x8 pixels; the most decoded for one request is 63 pixels")
+    assert _message(decode_body, png, "image/png", min_size=(9, 9)).startswith(
+        "the image is 8x8 pixels, smaller than the model's 9x9 input")
+    bmp = encode(patch(0, size=8), "BMP")
+    assert _message(decode_body, bmp, "image/png") == (
+        "the body is not a JPEG or PNG image that can be decoded")
+    images, batch = decode_body(bmp, "application/x-image")
+    assert not batch and images[0].shape == (8, 8, 3)
+
+
+def test_an_unknown_type_decodes_as_the_generic_image_type() -> None:
+    bmp = encode(patch(0, size=8), "BMP")
+    assert decode_image(bmp, "text/plain").shape == (8, 8, 3)
+    gif = encode(patch(0, size=8), "GIF")  # a format no accepted type names
+    assert _message(decode_image, gif, "text/plain").startswith("the body is not ")
+    assert _message(decode_image, gif).startswith("the body is not ")
+
+
+def test_media_types_keep_only_what_comes_before_the_first_parameter() -> None:
+    assert media_type("image/png; a=1; b=2") == "image/png"
+    assert media_type("image/png;a=1;b=2") == "image/png"
 
 
 def _npy_v2(array: np.ndarray) -> bytes:
@@ -133,6 +204,9 @@ def test_the_batch_form_takes_c_and_fortran_order_and_both_header_versions() -> 
         assert all(np.array_equal(a, b) for a, b in zip(decoded, images, strict=True))
     one = decode_npy(npy(images[0]))
     assert len(one) == 1 and np.array_equal(one[0], images[0])
+    # one pixel high or wide is an image (the server's min_size refuses it, not the format)
+    assert len(decode_npy(npy(np.zeros((2, 1, 3, 3), dtype=np.uint8)))) == 2
+    assert len(decode_npy(npy(np.zeros((2, 3, 1, 3), dtype=np.uint8)))) == 2
 
 
 def test_the_batch_form_is_checked_before_reading_the_data() -> None:
@@ -182,6 +256,10 @@ def test_the_api_key_is_taken_from_each_documented_header() -> None:
                     [("Authorization", "bearer s3cret")], [("Authorization", f"Basic {basic}")],
                     [("Authorization", f"BASIC {basic}")]):
         assert asyncio.run(check(_request(*headers))) is None, headers
+    # Basic: the key is all that follows the first colon (RFC 7617: the user id has none)
+    colon = api_key_check("pa:ss")
+    basic = base64.b64encode(b"user:pa:ss").decode()
+    assert asyncio.run(colon(_request(("Authorization", f"Basic {basic}")))) is None
     assert asyncio.run(api_key_check(None)(_request())) is None  # no key: no check
     assert asyncio.run(api_key_check("")(_request())) is None
 
@@ -193,6 +271,9 @@ def test_a_missing_or_wrong_key_is_refused() -> None:
     assert _denied(check, _request()) == missing
     assert _denied(check, _request(("Authorization", "AWS4-HMAC-SHA256 Credential=x"))) == missing
     assert _denied(check, _request(("Authorization", "Basic not-base64!"))) == missing
+    # base64 with a character outside its alphabet is refused, not decoded around it
+    basic = base64.b64encode(b"anyone:s3cret").decode()
+    assert _denied(check, _request(("Authorization", f"Basic {basic[:4]}!{basic[4:]}"))) == missing
     wrong = "the API key is wrong"
     assert _denied(check, _request(("X-Api-Key", "s3cre"))) == wrong
     assert _denied(check, _request(("X-Api-Key", ""))) == wrong

@@ -176,8 +176,9 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one JPEG/PNG image to a uint8 (H, W, 3) RGB array.
 
-    Transparency is composited over white (a patch has none; a PNG with an alpha channel is
-    shown as a viewer shows it); grey and palette images become RGB.
+    Transparency (an alpha channel, or a transparent colour) is composited over white (a patch
+    has none; a PNG with transparency is shown as a viewer shows it); grey and palette images
+    become RGB.
 
     Raises:
         ImageError: the bytes are not a complete image of an accepted format, or the image
@@ -207,9 +208,11 @@ def decode_image(
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode == "P" and "transparency" in image.info:
+    # a transparent colour (PNG's tRNS chunk, in a palette, grey or RGB image) is transparency
+    if "transparency" in image.info and image.mode in ("P", "L", "RGB"):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    # the modes with alpha that the decoders of the accepted formats give
+    if image.mode in ("RGBA", "LA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
