@@ -143,6 +143,49 @@ EQUIVALENT: dict[str, str] = {
     "pcamflow.data.convert.x__existing__mutmut_[6-9]":
         "what a missing folder gives: convert_pcam makes every label folder before it looks "
         "into one, so the branch is never taken",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_70":
+        "len(found) >= cap: at the cap, the sample is every image, sorted back: the same list",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_7[357]":
+        "argsort of distinct image indices: every sort kind gives the same order",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_11[357]":
+        "argsort of distinct image indices: every sort kind gives the same order",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_84":
+        "replace=None is false: numpy samples without replacement, as with replace=False",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_98":
+        "np.full infers int64 from the int label position, the dtype it was given",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_101":
+        "np.full infers int64 from the int label position, the dtype it was given",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_10[79]":
+        "the empty index array of a split with no classes: its dtype is never used",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_14[69]":
+        "zip over lists made from the same order: equal lengths, strict or not",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_150":
+        "zip over lists made from the same order: equal lengths, strict or not",
+    "pcamflow.data.manifests.x_build_manifests__mutmut_16[489]":
+        "zip over lists made from the same order: equal lengths, strict or not",
+    "pcamflow.local.serving.payloads.x__to_rgb__mutmut_1":
+        "an opaque palette, grey or RGB image taken through RGBA and over white: the same RGB",
+    "pcamflow.local.serving.payloads.x__to_rgb__mutmut_3[4-7]":
+        "Image.new clamps a channel of 256 to 255: the same white background",
+    "pcamflow.local.serving.payloads.x__to_rgb__mutmut_4[45]":
+        "converting an RGB image to RGB again gives the same pixels",
+    "pcamflow.local.serving.payloads.x__to_rgb__mutmut_5[13]":
+        "an RGB image's array is uint8 without being told",
+    "pcamflow.local.serving.payloads.x_decode_image__mutmut_[12]":
+        "the default type misspelt: media_type lowercases it, or it is unknown and an unknown "
+        "type takes the generic type's formats, the default's own",
+    "pcamflow.local.serving.payloads.x_decode_npy__mutmut_7[79]":
+        "numpy reads the reshape order 'f' and 'c' as 'F' and 'C'",
+    "pcamflow.local.serving.payloads.x_media_type__mutmut_5":
+        "split(';') with no limit: the first part is the same",
+    "pcamflow.local.serving.payloads.x_media_type__mutmut_10":
+        "split(';') with a limit of 2: the first part is the same",
+    "pcamflow.local.serving.guards.x__given_key__mutmut_4":
+        "Starlette looks headers up without regard to case",
+    "pcamflow.local.serving.guards.x__given_key__mutmut_14":
+        "Starlette looks headers up without regard to case",
+    "pcamflow.local.serving.guards.x__given_key__mutmut_15":
+        "a missing Authorization read as 'XXXX' instead of '': neither is Bearer nor Basic",
     "pcamflow.data.manifests.x__scan__mutmut_20":
         "np.array([]).astype(int64) for np.zeros(0, int64): the same empty int64 array",
 }
@@ -271,10 +314,20 @@ def report(results: dict[str, tuple[dict[str, str], float]]) -> tuple[str, list[
                     f"{other:>7}{unchecked:>10}{scores[name]:>7.1f}%{took:>9.0f}")
         survivors += [f"  {m}  ({s})" for m, s in sorted(counted.items()) if s not in KILLED]
     text = "\n".join(rows)
+    contradicted = sorted(m for statuses, _ in results.values() for m, s in statuses.items()
+                          if _equivalent(m) and s in KILLED)
+    if contradicted:  # a test failed with a mutant marked as unable to change behaviour
+        text += ("\n\nMarked equivalent, yet a test failed with it (check the mark, or a "
+                 "flaky test):\n" + "\n".join(f"  {m}  ({results_status(results, m)})"
+                                               for m in contradicted))
     if survivors:
         text += "\n\nSurvivors (show one with: cd build/mutation/GROUP && mutmut show NAME):\n"
         text += "\n".join(survivors)
     return text, [name for name, score in scores.items() if score < TARGET]
+
+
+def results_status(results: dict[str, tuple[dict[str, str], float]], name: str) -> str:
+    return next(statuses[name] for statuses, _ in results.values() if name in statuses)
 
 
 TARGET = 80.0
