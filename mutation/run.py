@@ -96,6 +96,7 @@ GROUPS: tuple[Group, ...] = (
     Group("plan", ("src/pcamflow/plan.py", "src/pcamflow/sagemaker/planning.py"),
           ("tests/test_plan.py", "tests/sagemaker/test_planning_counts.py"),
           only=("pcamflow.plan.*", "pcamflow.sagemaker.planning.x_planned_counts*",
+                "pcamflow.sagemaker.planning.x_planned_manifests*",
                 "pcamflow.sagemaker.planning.x_source_counts*")),
     Group("registry", ("src/pcamflow/registry.py",), ("tests/test_registry.py",)),
     # the [tune] checks are tested with the tuner

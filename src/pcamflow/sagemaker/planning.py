@@ -18,13 +18,16 @@ Each request is checked against botocore's model of its API (:func:`check_reques
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcamflow.errors import ConfigError
 from pcamflow.plan import CostLine, Plan, PlannedRequest
 from pcamflow.sagemaker.requests import Resolved, check_request
 from pcamflow.sagemaker.s3 import S3Uri, run_prefix
 from pcamflow.stages import Context
+
+if TYPE_CHECKING:
+    from pcamflow.artifacts import Manifests
 
 __all__ = [
     "ACCOUNT",
@@ -126,6 +129,27 @@ def planned_counts(context: Context) -> tuple[dict[str, int], str | None]:
     counts = {s: min(n, 2 * cap) if cap else n for s, n in sizes.items()}
     source = "counted in data.source" if read else "PCam's split sizes"
     return counts, f"image counts are estimates ({source}; no finished manifests stage yet)"
+
+
+def planned_manifests(context: Context, resolved: Resolved,
+                      planner: StagePlanner) -> tuple[Manifests, dict[str, int]]:
+    """The manifests a stage's requests name, and the images per split.
+
+    The run's manifests when a manifests stage has finished; otherwise where the run will put
+    them (under its S3 prefix), with the counts estimated and a note on ``planner`` saying so.
+    """
+    from pcamflow.artifacts import Manifests
+
+    manifests = context.optional_input(Manifests)
+    counts, estimated = planned_counts(context)
+    if manifests is None:
+        root = planned_root(context, resolved)
+        manifests = Manifests(
+            manifests={s: str(root.join("manifests", f"{s}.manifest")) for s in counts},
+            counts=counts)
+    if estimated:
+        planner.notes.append(estimated)
+    return manifests, counts
 
 
 class StagePlanner:

@@ -175,9 +175,8 @@ class SageMakerTrainer(JobStageOptions, Trainer):
         from pcamflow.sagemaker.algorithm import depth_warnings
         from pcamflow.sagemaker.planning import (
             StagePlanner,
-            planned_counts,
+            planned_manifests,
             planned_resolved,
-            planned_root,
         )
         from pcamflow.sagemaker.requests import job_name
 
@@ -185,15 +184,7 @@ class SageMakerTrainer(JobStageOptions, Trainer):
         settings = context.settings
         resolved = planned_resolved(settings)
         planner = StagePlanner(context, resolved.region)
-        manifests = context.optional_input(Manifests)
-        counts, estimated = planned_counts(context)
-        if manifests is None:
-            root = planned_root(context, resolved)
-            manifests = Manifests(
-                manifests={s: str(root.join("manifests", f"{s}.manifest")) for s in counts},
-                counts=counts)
-        if estimated:
-            planner.notes.append(estimated)
+        manifests, counts = planned_manifests(context, resolved, planner)
         tuning = context.optional_input(TuningResult)
         pending = () if tuning is not None or "tuner" not in settings.pipeline.stage_names() \
             else tuple(sorted(settings.tune.ranges))

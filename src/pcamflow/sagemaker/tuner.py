@@ -76,9 +76,8 @@ class SageMakerTuner(JobStageOptions, Tuner):
         from pcamflow.sagemaker.algorithm import depth_warnings
         from pcamflow.sagemaker.planning import (
             StagePlanner,
-            planned_counts,
+            planned_manifests,
             planned_resolved,
-            planned_root,
         )
         from pcamflow.sagemaker.requests import grid_size, job_name
         from pcamflow.sagemaker.trainer import check_no_extensions
@@ -88,15 +87,7 @@ class SageMakerTuner(JobStageOptions, Tuner):
         tune, training = settings.tune, settings.aws.training
         resolved = planned_resolved(settings)
         planner = StagePlanner(context, resolved.region)
-        manifests = context.optional_input(Manifests)
-        counts, estimated = planned_counts(context)
-        if manifests is None:
-            root = planned_root(context, resolved)
-            manifests = Manifests(
-                manifests={s: str(root.join("manifests", f"{s}.manifest")) for s in counts},
-                counts=counts)
-        if estimated:
-            planner.notes.append(estimated)
+        manifests, counts = planned_manifests(context, resolved, planner)
         request = tuning_request(context, resolved, manifests,
                                  job_name(settings.aws.prefix, "tune"), planned=True)
         planner.request("sagemaker", "CreateHyperParameterTuningJob", request)
