@@ -6,12 +6,20 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pcamflow.data.synth import write_synthetic_pcam
+
+# A shell starts a command run in the background (`tox &`) with SIGINT ignored, and Python then
+# keeps it ignored: Ctrl-C, simulated (_thread.interrupt_main) or sent to a child process, would
+# do nothing, and the tests of what Ctrl-C does would fail. Give the suite a terminal's Ctrl-C:
+# Python's handler here, and the default action in the processes the tests start.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PCAM_COUNTS = {"train": 64, "valid": 32, "test": 32}
 """Patches per split in the ``pcam_dir`` fixture (balanced: half are label 1)."""
