@@ -7,12 +7,18 @@ from typing import Any
 
 import h5py
 import numpy as np
-from sm_helpers import settings_for
+from sm_helpers import BUCKET, settings_for
 
 from pcamflow.artifacts import Manifests
 from pcamflow.pipeline import Pipeline
 from pcamflow.registry import Registry
-from pcamflow.sagemaker.planning import planned_counts, source_counts
+from pcamflow.sagemaker.planning import (
+    StagePlanner,
+    planned_counts,
+    planned_manifests,
+    planned_resolved,
+    source_counts,
+)
 from pcamflow.stages import Context, ManifestBuilder
 
 ESTIMATED = "image counts are estimates ({}; no finished manifests stage yet)"
@@ -89,3 +95,25 @@ def test_the_plan_of_a_run_takes_the_counts_its_manifests_stage_recorded(
     create = next(r for r in plan.requests if r.operation == "CreateTrainingJob")
     assert create.params["HyperParameters"]["num_training_samples"] == "20"
     assert not any("estimates" in note for note in plan.notes)
+
+
+def test_the_manifests_planned_are_the_runs_or_where_the_run_will_put_them(
+    tmp_path: Path
+) -> None:
+    source = _labels(tmp_path / "pcam", train=40, valid=7, test=9)
+    settings = settings_for(tmp_path, data={"source": str(source)})
+    resolved = planned_resolved(settings)
+    context = _context(settings)
+    planner = StagePlanner(context, resolved.region)
+    manifests, counts = planned_manifests(context, resolved, planner)
+    assert counts == manifests.counts == {"train": 40, "valid": 7, "test": 9}
+    run = f"s3://{BUCKET}/{settings.aws.prefix}/{settings.run_dir.resolve().name}-<run id>"
+    assert manifests.manifests == {split: f"{run}/manifests/{split}.manifest"
+                                   for split in ("train", "valid", "test")}
+    assert planner.notes == [ESTIMATED.format("counted in data.source")]
+
+    finished = Manifests(manifests={"train": "s3://b/m/train.manifest"}, counts={"train": 12})
+    context = _context(settings, {"manifests": finished})
+    planner = StagePlanner(context, resolved.region)
+    assert planned_manifests(context, resolved, planner) == (finished, {"train": 12})
+    assert planner.notes == []
