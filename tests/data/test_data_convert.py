@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -400,3 +401,20 @@ def test_a_record_it_cannot_read_stops_the_conversion(pcam_dir: Path, tmp_path: 
     assert _jpegs(out) == whole and path.read_text() == record
     convert_pcam(pcam_dir, out, splits=["valid"], workers=1, reconvert=True, progress=False)
     assert json.loads(path.read_text())["format"] == 1
+
+
+def _signal_handlers() -> tuple[object, object]:
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+
+def test_pool_workers_leave_ctrl_c_to_the_parent_and_end_on_sigterm() -> None:
+    from pcamflow.data.convert import _worker_signals
+
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:  # a handler of the application's own, which forked workers would inherit
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1, initializer=_worker_signals) as pool:
+            assert pool.apply(_signal_handlers) == (signal.SIG_IGN, signal.SIG_DFL)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

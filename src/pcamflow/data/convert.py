@@ -95,9 +95,12 @@ def _whole_jpeg(path: str) -> bool:
         return False
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group: the parent handles it and stops the pool.
+def _worker_signals() -> None:
+    """A pool worker's signals: Ctrl-C reaches the whole process group, and the parent handles
+    it and stops the pool; SIGTERM (the pool's terminate) ends the worker, whatever handler it
+    inherited from the process it was forked from (an application's own, say)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _existing(folder: Path, split: str) -> tuple[np.ndarray, list[str]]:
@@ -275,7 +278,7 @@ def convert_pcam(
             # stdin); no HDF5 file is open in this process at this point
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            with context.Pool(workers, initializer=_ignore_sigint) as pool:
+            with context.Pool(workers, initializer=_worker_signals) as pool:
                 for done in pool.imap_unordered(_convert_range, tasks):
                     bar.update(done)
     finally:
