@@ -418,3 +418,15 @@ def test_pool_workers_leave_ctrl_c_to_the_parent_and_end_on_sigterm() -> None:
             assert pool.apply(_signal_handlers) == (signal.SIG_IGN, signal.SIG_DFL)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_gzipped_files_are_decompressed_into_the_cache_folder(tmp_path: Path) -> None:
+    source, cache = tmp_path / "pcam", tmp_path / "cache"
+    write_synthetic_pcam(source, train=0, valid=20, test=0, gzip=True, progress=False)
+    before = sorted(p.name for p in source.iterdir())
+    dataset = convert_pcam(source, tmp_path / "images", splits=["valid"], workers=1,
+                           cache_dir=cache, progress=False)
+    assert dataset.total() == 20
+    assert sorted(p.name for p in source.iterdir()) == before  # nothing written beside them
+    assert (cache / pcam_name("valid", "x")).is_file()
+    assert (cache / pcam_name("valid", "y")).is_file()
