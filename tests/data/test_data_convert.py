@@ -410,9 +410,11 @@ def _signal_handlers() -> tuple[object, object]:
 def test_pool_workers_leave_ctrl_c_to_the_parent_and_end_on_sigterm() -> None:
     from pcamflow.data.convert import _worker_signals
 
-    calls: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    try:  # a handler of the application's own, which forked workers would inherit
+    def applications_own(signum: int, frame: object) -> None:
+        """A SIGTERM handler of the calling application's, which forked workers inherit."""
+
+    previous = signal.signal(signal.SIGTERM, applications_own)
+    try:
         context = multiprocessing.get_context("fork")
         with context.Pool(1, initializer=_worker_signals) as pool:
             assert pool.apply(_signal_handlers) == (signal.SIG_IGN, signal.SIG_DFL)

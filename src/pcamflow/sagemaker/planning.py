@@ -36,6 +36,7 @@ __all__ = [
     "REQUEST_PRICES_REGION",
     "StagePlanner",
     "planned_counts",
+    "planned_manifests",
     "planned_region",
     "planned_resolved",
     "planned_root",
